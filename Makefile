@@ -1,0 +1,51 @@
+# Two commands on a fresh machine:  `make lab`  and  `make test`  (README, "Quick start").
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+EXTRAS      ?= torch,course,unsloth-support,lab,dev
+# Optional extra index for torch, e.g. https://download.pytorch.org/whl/cpu on a Linux laptop without CUDA.
+TORCH_INDEX ?=
+STAMP       := $(VENV)/.course-installed
+NB_ENV      := COURSE_PROFILE=cpu COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+               TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+
+.PHONY: setup lab test lint unit notebooks images badges strip bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
+	$(PIP) install --quiet --disable-pip-version-check --no-deps $$($(PY) -m course_utils.deps no-deps)
+	$(PY) -m course_utils.models prepare
+	@touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+unit: setup
+	$(NB_ENV) $(PY) -m pytest tests -q --durations=10
+
+notebooks: setup
+	$(NB_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks -p no:cacheprovider --durations=0 -q
+
+test: lint unit notebooks
+
+images: setup
+	$(PY) -m course_utils.images
+
+badges: setup
+	$(PY) -m course_utils.course sync
+
+strip: setup
+	$(PY) -m course_utils.course strip
+
+bench: setup
+	$(PY) -m course_utils.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""Helper package for the efficient LLM fine-tuning course kit.
+
+Each lesson's final definitions live here once; notebooks import earlier topics by name:
+
+    >>> from course_utils.runtime import settings, print_env
+    >>> from course_utils.models import load_model, load_tokenizer
+
+Importing the package applies the offline defaults of the cpu profile (``HF_HUB_OFFLINE=1`` …)
+before any Hugging Face library is imported, so a hub model asked for offline fails at once.
+"""
+
+from course_utils.runtime import apply_offline_defaults
+
+__version__ = "0.1.0"
+
+# The one place the repository address lives: badges, the Colab setup cell and the README use it.
+REPO_SLUG = "efficient-llm-course/llm-finetuning-course-kit"
+REPO_URL = f"https://github.com/{REPO_SLUG}"
+
+apply_offline_defaults()

@@ -1,0 +1,213 @@
+"""A small, readable training loop for lessons that compare methods by hand.
+
+It records what the lessons compare: loss per step, step time, peak memory (process RSS sampled on
+CPU, ``max_memory_allocated`` on CUDA) and trainable parameters. Larger recipes use TRL/Trainer.
+
+    >>> batches = make_batches(tok, prompts, completions, batch_size=4, seq_len=64)
+    >>> result = train(model, batches, steps=12, lr=2e-4)
+    >>> result.losses[0] > result.losses[-1]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+IGNORE_INDEX = -100  # label value that the cross-entropy skips (prompt and padding tokens)
+
+
+# --------------------------------------------------------------------------- data → batches
+
+def encode_pair(tokenizer, prompt: str, completion: str, seq_len: int, loss_on_prompt: bool = False) -> dict:
+    """Token ids of prompt+completion (+eos), with labels −100 on the prompt unless ``loss_on_prompt``.
+
+    Returns lists: input_ids, labels (each ≤ seq_len long).
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + c)[:seq_len]
+    labels = (p if loss_on_prompt else [IGNORE_INDEX] * len(p)) + c
+    return {"input_ids": ids, "labels": labels[:seq_len]}
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of encoded examples into tensors (B, T); padding gets label −100."""
+    T = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)          # (B, T)
+    labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)                 # (B, T)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_batches(tokenizer, prompts: list[str], completions: list[str], batch_size: int, seq_len: int,
+                 loss_on_prompt: bool = False, shuffle: bool = True, seed: int = 0) -> list[dict]:
+    """Encode prompt/completion pairs and group them into padded batches (one epoch)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"prompts ({len(prompts)}) and completions ({len(completions)}) differ in length")
+    enc = [encode_pair(tokenizer, p, c, seq_len, loss_on_prompt) for p, c in zip(prompts, completions)]
+    order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle \
+        else list(range(len(enc)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return [collate([enc[i] for i in order[k:k + batch_size]], pad) for k in range(0, len(order), batch_size)]
+
+
+# --------------------------------------------------------------------------- memory
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB."""
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+class PeakMemory:
+    """Context manager measuring peak memory in MB: CUDA allocator peak, or sampled RSS on CPU.
+
+    >>> with PeakMemory() as mem: work()
+    >>> mem.peak_mb, mem.baseline_mb, mem.delta_mb
+    """
+
+    def __init__(self, device: str | None = None, interval_s: float = 0.005):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.interval_s = interval_s
+        self.baseline_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline_mb = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.baseline_mb = self.peak_mb = rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    @property
+    def delta_mb(self) -> float:
+        """Peak above the memory in use when the block started."""
+        return self.peak_mb - self.baseline_mb
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    """What one training run measured."""
+
+    losses: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    peak_mb: float = 0.0
+    delta_mb: float = 0.0
+    trainable: int = 0
+    total: int = 0
+    stopped_early_at: int | None = None
+
+    @property
+    def step_time(self) -> float:
+        """Median seconds per step (the first step, with its warm-up costs, excluded when possible)."""
+        times = sorted(self.step_times[1:] or self.step_times)
+        return times[len(times) // 2] if times else float("nan")
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch (labels −100 ignored); works for any HF causal LM."""
+    return model(**batch).loss
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: list[dict], loss_fn=lm_loss) -> float:
+    """Mean loss over batches, weighted by the number of target tokens."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
+        n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(loss_fn(model, b)) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=None, optimizer=None,
+          warmup_steps: int = 0, grad_clip: float | None = 1.0, loss_fn=lm_loss, eval_batches=None,
+          eval_every: int | None = None, patience: int | None = None, on_step=None,
+          desc: str = "train", progress: bool = True) -> TrainResult:
+    """Train ``params`` (default: those with ``requires_grad``) for ``steps`` steps with AdamW.
+
+    Batches are cycled. ``warmup_steps`` ramps the learning rate linearly from 0. With ``eval_batches``
+    and ``eval_every`` the validation loss is recorded; with ``patience`` training stops early after
+    that many evaluations without improvement. ``on_step(step, loss)`` is called after each step.
+    """
+    from tqdm.auto import tqdm
+
+    from course_utils.models import count_parameters
+
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: set requires_grad on the parameters to train")
+    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps
+                                              else 1.0)
+    device = next(model.parameters()).device
+    res = TrainResult()
+    res.trainable, res.total = count_parameters(model)
+    best, bad_evals = math.inf, 0
+    model.train()
+    with PeakMemory(device.type) as mem:
+        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+        for step in bar:
+            batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+            t0 = time.perf_counter()
+            loss = loss_fn(model, batch)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            res.step_times.append(time.perf_counter() - t0)
+            res.losses.append(loss.item())
+            bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
+            if on_step is not None:
+                on_step(step, res.losses[-1])
+            if eval_batches is not None and eval_every and (step + 1) % eval_every == 0:
+                ev = evaluate_loss(model, eval_batches, loss_fn)
+                res.eval_losses.append((step + 1, ev))
+                best, bad_evals = (ev, 0) if ev < best else (best, bad_evals + 1)
+                if patience is not None and bad_evals >= patience:
+                    res.stopped_early_at = step + 1
+                    break
+    model.eval()
+    res.peak_mb, res.delta_mb = mem.peak_mb, mem.delta_mb
+    return res

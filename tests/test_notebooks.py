@@ -1,0 +1,67 @@
+"""Static checks on the committed notebooks: stripped, in sync, structured like the course design."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from course_utils import course
+from course_utils.images import load_all
+
+NOTEBOOKS = course.notebooks()
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_course_map_matches_notebooks_on_disk():
+    on_disk = {p.name for p in NOTEBOOKS}
+    assert on_disk and on_disk <= {lesson.file for lesson in course.COURSE_MAP}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    dirty = [i for i, c in enumerate(_cells(path))
+             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, f"cells {dirty} have outputs or execution counts: run `make strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_badge_and_setup_cell_in_sync(path):
+    assert course.sync_problems(path) == [], "run `make badges`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_skeleton(path):
+    cells = _cells(path)
+    md = "\n".join(_src(c) for c in cells if c["cell_type"] == "markdown")
+    code = "\n".join(_src(c) for c in cells if c["cell_type"] == "code")
+    assert "What you will learn" in md
+    assert re.search(r"^## 1\. ", md, re.M), "numbered sections"
+    assert "Key takeaways" in md and "핵심 정리" in md and re.search(r"[가-힣]{4,}", md), "bilingual takeaways"
+    assert re.search(r"\bassert\b", code), "checkpoint cells"
+    assert ".check(" in code, "exercises"
+    assert "print_env()" in code
+    assert "import *" not in code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_referenced_images_exist_and_are_generated(path):
+    generators = load_all()
+    for cell in _cells(path):
+        for ref in re.findall(r"\(\.\./images/([^)]+)\)", _src(cell)):
+            assert (course.NOTEBOOK_DIR.parent / "images" / ref).exists(), f"images/{ref} missing"
+            assert ref in generators, f"images/{ref} has no generator in course_utils.images"
+
+
+def test_images_regenerate(tmp_path):
+    from course_utils.images import generate
+
+    written = generate(tmp_path)
+    assert {p.name for p in written} == set(load_all()) and all(p.stat().st_size > 1000 for p in written)
