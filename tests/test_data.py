@@ -25,7 +25,7 @@ def _write(tmp_path: Path, lines: list) -> Path:
     (GOOD | {"id": "x2", "extra": 1}, "unknown field(s) extra"),
     (GOOD, "duplicate id 'x1' (first on line 1)"),
     (b"", "blank line"),
-    ('{"id": "x2"}'.encode()[:-1] + b"\xff}", "invalid UTF-8"),
+    (b'{"id": "x2"}'[:-1] + b"\xff}", "invalid UTF-8"),
     ([1, 2], "expected a JSON object"),
 ])
 def test_malformed_line_names_file_line_and_problem(tmp_path, bad, message):
