@@ -77,6 +77,7 @@ def cache_dir() -> Path:
 
 
 MANIFEST = "course_manifest.json"
+CACHE_FORMAT = 2  # bump when prepare_embedded changes what it writes: older caches are rebuilt
 
 
 def _sha256(path: Path) -> str:
@@ -91,7 +92,7 @@ def _write_manifest(folder: Path, source: Path) -> None:
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p), "mtime_ns": p.stat().st_mtime_ns}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     src = {"name": source.name, "size": source.stat().st_size}
-    (folder / MANIFEST).write_text(json.dumps({"source": src, "files": files}, indent=1))
+    (folder / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "source": src, "files": files}, indent=1))
 
 
 def verify_cache(folder: Path | None = None, full: bool = False) -> list[str]:
@@ -108,6 +109,8 @@ def verify_cache(folder: Path | None = None, full: bool = False) -> list[str]:
         info = json.loads(manifest.read_text())
     except json.JSONDecodeError as e:
         return [f"{manifest} unreadable: {e}"]
+    if info.get("format") != CACHE_FORMAT:
+        return [f"cache format {info.get('format')} is not the current {CACHE_FORMAT}"]
     problems = []
     for name, meta in info["files"].items():
         p = folder / name
@@ -142,6 +145,9 @@ def prepare_embedded(force: bool = False, verbose: bool = True) -> Path:
         print(f"Converting {source.name} to safetensors (once, about 25 s)…")
     tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     tok.clean_up_tokenization_spaces = False  # BPE: the cleanup would strip spaces before punctuation
+    # The GGUF metadata names <|im_start|> as eos; SmolLM2-Instruct ends every turn with <|im_end|> (id 2),
+    # as its generation config says. Training code appends eos, so it must be the end-of-turn token.
+    tok.eos_token = tok.pad_token = "<|im_end|>"
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # The GGUF weights are dequantized to fp32 on load; drop the quantizer so save_pretrained accepts it.
     model.hf_quantizer = None

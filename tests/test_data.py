@@ -71,3 +71,12 @@ def test_bundled_dataset_is_valid_and_complete(name):
 def test_all_schemas_have_bundled_files():
     missing = [n for n in data.SCHEMAS if not data.data_path(n).exists()]
     assert not missing, f"schemas without a data file: {missing}"
+
+
+def test_data_card_validator_passes():
+    """data/validate_data.py checks what a schema cannot: split sizes, arithmetic answers, labels, duplicates."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(data.DATA_DIR / "validate_data.py")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -82,3 +82,11 @@ def test_count_parameters_respects_freezing():
     layer = torch.nn.Linear(4, 2)
     layer.bias.requires_grad_(False)
     assert models.count_parameters(layer) == (8, 10)
+
+
+def test_embedded_tokenizer_ends_turns_with_im_end(embedded):
+    _, tok = embedded
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 and tok.pad_token_id == 2
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                   tokenize=False)
+    assert text.rstrip().endswith("yo" + tok.eos_token)

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from course_utils.trl_compat import TorchLogProbs
+
+
+def _reference(hidden, weight, bias, targets, temperature):
+    logits = (hidden @ weight.T + bias) / temperature
+    logp = torch.log_softmax(logits, -1)
+    return logp.gather(1, targets[:, None])[:, 0], -(logp.exp() * logp).sum(-1), logits.argmax(-1) == targets
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_torch_logprobs_match_direct_formula_and_gradients(temperature):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 5, generator=g, requires_grad=True)
+    weight, bias = torch.randn(11, 5, generator=g), torch.randn(11, generator=g)
+    targets = torch.randint(0, 11, (7,), generator=g)
+    lp, ent, lss, mean, top1 = TorchLogProbs.apply(hidden, weight, bias, targets, temperature, 4,
+                                                   token_chunk=3)  # chunks of 3 tokens: 3 + 3 + 1
+    ref_lp, ref_ent, ref_top1 = _reference(hidden, weight, bias, targets, temperature)
+    torch.testing.assert_close(lp, ref_lp)
+    torch.testing.assert_close(ent, ref_ent)
+    assert torch.equal(top1, ref_top1) and lss.shape == mean.shape == (7,)
+    (g1,) = torch.autograd.grad(lp.sum(), hidden)
+    (g2,) = torch.autograd.grad(ref_lp.sum(), hidden)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_optional_outputs_are_none_when_not_asked():
+    h, w, t = torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 1])
+    out = TorchLogProbs.apply(h, w, None, t, 1.0, 4, outputs=())
+    assert out[0].shape == (2,) and all(x is None for x in out[1:])
+
+
+def test_sft_trainer_trains_on_cpu(tmp_path, tiny_llama):
+    """The real failure this module fixes: TRL's SFTTrainer on a CPU without Triton."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from course_utils.trl_compat import SFTTrainer, sft_config
+
+    vocab = {f"w{i}": i for i in range(60)} | {"<unk>": 60, "<pad>": 61, "<eos>": 62}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    ds = Dataset.from_list([{"prompt": f"w{i} w{i + 1}", "completion": f" w{i + 2} w{i + 3}"} for i in range(16)])
+    args = sft_config(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+                      max_length=16, disable_tqdm=True)
+    trainer = SFTTrainer(model=tiny_llama, args=args, train_dataset=ds, processing_class=tok)
+    assert not args.bf16
+    hist = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert torch.isfinite(torch.tensor(hist.training_loss)) and losses[-1] < losses[0]
