@@ -151,7 +151,7 @@ def _eval_node(node):
         return _BIN_OPS[type(node.op)](_eval_node(node.left), _eval_node(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
         return _UNARY_OPS[type(node.op)](_eval_node(node.operand))
-    raise ValueError("unsupported expression element: %s" % type(node).__name__)
+    raise ValueError(f"unsupported expression element: {type(node).__name__}")
 
 
 def eval_expression(expr: str) -> float:
@@ -159,7 +159,7 @@ def eval_expression(expr: str) -> float:
     cleaned = (expr.replace("×", "*").replace("÷", "/").replace("^", "**")
                .replace("−", "-").replace(",", ""))
     if not re.fullmatch(r"[0-9.+\-*/() \t]+", cleaned):
-        raise ValueError("not a plain arithmetic expression: %r" % expr)
+        raise ValueError(f"not a plain arithmetic expression: {expr!r}")
     return _eval_node(ast.parse(cleaned, mode="eval"))
 
 
@@ -172,10 +172,10 @@ class Report:
         self.warnings = []
 
     def error(self, fname, msg):
-        self.errors.append("%s: %s" % (fname, msg))
+        self.errors.append(f"{fname}: {msg}")
 
     def warn(self, fname, msg):
-        self.warnings.append("%s: %s" % (fname, msg))
+        self.warnings.append(f"{fname}: {msg}")
 
 
 def load_rows(path: Path, fname: str, rep: Report):
@@ -184,7 +184,7 @@ def load_rows(path: Path, fname: str, rep: Report):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        rep.error(fname, "not valid UTF-8 (%s)" % exc)
+        rep.error(fname, f"not valid UTF-8 ({exc})")
         return rows
     if text.startswith("\ufeff"):
         rep.error(fname, "file starts with a UTF-8 BOM")
@@ -209,7 +209,7 @@ def load_rows(path: Path, fname: str, rep: Report):
 
 def check_common(fname, spec, rows, rep: Report):
     fields = spec["fields"]
-    id_re = re.compile(r"^%s-\d{4}$" % re.escape(spec["id_prefix"]))
+    id_re = re.compile(r"^{}-\d{{4}}$".format(re.escape(spec["id_prefix"])))
     seen_ids = set()
     seen_text = {f: {} for f in spec.get("unique_text", [])}
     seen_combo = {c: {} for c in spec.get("unique_combo", [])}
@@ -241,20 +241,20 @@ def check_common(fname, spec, rows, rep: Report):
         if not id_re.match(rid):
             rep.error(fname, "line %d id %r does not match %s-NNNN" % (lineno, rid, spec["id_prefix"]))
         if rid in seen_ids:
-            rep.error(fname, "duplicate id %s" % rid)
+            rep.error(fname, f"duplicate id {rid}")
         seen_ids.add(rid)
         for f, allowed in spec["enums"].items():
             if obj[f] not in allowed:
-                rep.error(fname, "%s: %s=%r not in %s" % (rid, f, obj[f], sorted(allowed)))
+                rep.error(fname, f"{rid}: {f}={obj[f]!r} not in {sorted(allowed)}")
         for f, seen in seen_text.items():
             key = " ".join(obj[f].split()).lower()
             if key in seen:
-                rep.error(fname, "%s: duplicate %s value (same as %s)" % (rid, f, seen[key]))
+                rep.error(fname, f"{rid}: duplicate {f} value (same as {seen[key]})")
             seen[key] = rid
         for combo, seen in seen_combo.items():
             key = tuple(" ".join(obj[f].split()).lower() for f in combo)
             if key in seen:
-                rep.error(fname, "%s: duplicate %s (same as %s)" % (rid, "+".join(combo), seen[key]))
+                rep.error(fname, "{}: duplicate {} (same as {})".format(rid, "+".join(combo), seen[key]))
             seen[key] = rid
         good.append(obj)
     return good
@@ -295,9 +295,9 @@ def check_translation(fname, rows, rep: Report):
     hangul = re.compile(r"[\uac00-\ud7a3]")
     for r in rows:
         if not hangul.search(r["ko"]):
-            rep.error(fname, "%s: ko side contains no Hangul" % r["id"])
+            rep.error(fname, "{}: ko side contains no Hangul".format(r["id"]))
         if hangul.search(r["en"]):
-            rep.error(fname, "%s: en side contains Hangul" % r["id"])
+            rep.error(fname, "{}: en side contains Hangul".format(r["id"]))
 
 
 def check_instructions(fname, rows, rep: Report):
@@ -306,42 +306,41 @@ def check_instructions(fname, rows, rep: Report):
         rid, task = r["id"], r["task"]
         has_ko = bool(hangul.search(r["instruction"]))
         if (r["lang"] == "ko") != has_ko:
-            rep.error(fname, "%s: lang=%s does not match the instruction text" % (rid, r["lang"]))
+            rep.error(fname, "{}: lang={} does not match the instruction text".format(rid, r["lang"]))
         out = r["output"]
         if task == "arithmetic":
             if not NUMBER_RE.match(out):
-                rep.error(fname, "%s: arithmetic output %r is not a plain number" % (rid, out))
+                rep.error(fname, f"{rid}: arithmetic output {out!r} is not a plain number")
                 continue
             expr = ARITHMETIC_KEY.get(rid) or r["input"]
             if not expr.strip():
-                rep.error(fname, "%s: arithmetic row has no evaluable expression "
-                                 "(add it to ARITHMETIC_KEY)" % rid)
+                rep.error(fname, f"{rid}: arithmetic row has no evaluable expression "
+                                 "(add it to ARITHMETIC_KEY)")
                 continue
             try:
                 value = eval_expression(expr)
             except (ValueError, SyntaxError, ZeroDivisionError) as exc:
-                rep.error(fname, "%s: cannot evaluate %r (%s)" % (rid, expr, exc))
+                rep.error(fname, f"{rid}: cannot evaluate {expr!r} ({exc})")
                 continue
             if abs(value - float(out)) > 1e-9:
-                rep.error(fname, "%s: %s = %s, but output is %s" % (rid, expr, value, out))
+                rep.error(fname, f"{rid}: {expr} = {value}, but output is {out}")
         elif task == "classify":
             if len(out.split()) != 1:
-                rep.error(fname, "%s: classify output %r is not a single label" % (rid, out))
+                rep.error(fname, f"{rid}: classify output {out!r} is not a single label")
             elif out.lower() not in r["instruction"].lower():
-                rep.error(fname, "%s: label %r is not in the label set stated in the instruction"
-                          % (rid, out))
+                rep.error(fname, f"{rid}: label {out!r} is not in the label set stated in the instruction")
         elif task == "extract":
             for item in [p.strip() for p in out.split(",")] if ", " in out else [out]:
                 if item and item not in r["input"]:
-                    rep.error(fname, "%s: extracted %r does not occur in the input" % (rid, item))
+                    rep.error(fname, f"{rid}: extracted {item!r} does not occur in the input")
         elif task == "summarize":
             if count_sentences(out) != 1:
-                rep.warn(fname, "%s: summary is not exactly one sentence" % rid)
+                rep.warn(fname, f"{rid}: summary is not exactly one sentence")
         if task in ("translate", "summarize", "extract", "rewrite", "classify") \
                 and not r["input"].strip():
-            rep.error(fname, "%s: task %s needs a non-empty input" % (rid, task))
+            rep.error(fname, f"{rid}: task {task} needs a non-empty input")
         if len(out.split()) > 40:
-            rep.warn(fname, "%s: output has more than 40 words" % rid)
+            rep.warn(fname, f"{rid}: output has more than 40 words")
 
 
 def check_tax(fname, rows, rep: Report):
@@ -349,15 +348,15 @@ def check_tax(fname, rows, rep: Report):
     for r in rows:
         rid = r["id"]
         if not DATE_RE.match(r["as_of"]):
-            rep.error(fname, "%s: as_of %r is not YYYY-MM-DD" % (rid, r["as_of"]))
+            rep.error(fname, "{}: as_of {!r} is not YYYY-MM-DD".format(rid, r["as_of"]))
         else:
             try:
                 _dt.date.fromisoformat(r["as_of"])
             except ValueError:
-                rep.error(fname, "%s: as_of %r is not a real date" % (rid, r["as_of"]))
+                rep.error(fname, "{}: as_of {!r} is not a real date".format(rid, r["as_of"]))
         for f in ("question", "answer"):
             if not hangul.search(r[f]):
-                rep.error(fname, "%s: %s is not Korean" % (rid, f))
+                rep.error(fname, f"{rid}: {f} is not Korean")
         n = count_sentences(r["answer"])
         if not 1 <= n <= 3:
             rep.warn(fname, "%s: answer has %d sentences (expected 1-3)" % (rid, n))
@@ -382,7 +381,7 @@ def check_domain(fname, rows, rep: Report):
         codes.update(re.findall(r"\bE\d{2}\b", r["question"] + " " + r["answer"]))
     bad = sorted(c for c in codes if not "E01" <= c <= "E09")
     if bad:
-        rep.error(fname, "unknown error codes mentioned: %s" % bad)
+        rep.error(fname, f"unknown error codes mentioned: {bad}")
 
 
 EXTRA_CHECKS = {
