@@ -2,7 +2,7 @@
 
     python scripts/finetune.py --config configs/finetune_cpu.yaml
     accelerate launch --config_file configs/accelerate/ddp.yaml scripts/finetune.py --config configs/finetune_gpu.yaml
-    torchrun --nproc_per_node 2 scripts/finetune.py --config configs/finetune_cpu.yaml --max_steps 6
+    torchrun --nproc_per_node 2 scripts/finetune.py --config configs/finetune_cpu.yaml   # 2 CPU ranks, gloo
 
 Every config key can be overridden on the command line (``--r 16 --lr 1e-4``). Data is a bundled data set
 (``instructions``, ``en_ko_translation``, ``domain_qa``, ``ko_tax_qa``) or a JSONL file with ``prompt`` and
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{state.process_index}.json").write_text(json.dumps(
         {"rank": state.process_index, "world_size": state.num_processes, "losses": losses,
-         "distributed_type": str(state.distributed_type), "config": asdict(cfg)}, indent=1))
+         "distributed_type": str(state.distributed_type), "backend": state.backend, "config": asdict(cfg)},
+        indent=1))
     if state.is_main_process:
         trainer.save_model(str(out / "adapter" if peft_config else out / "model"))
         print(f"saved to {out}; first/last loss {losses[0]:.3f} → {losses[-1]:.3f}")
