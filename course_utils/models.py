@@ -245,7 +245,22 @@ def load_model(role_or_id: str = "chat", profile: str | None = None, quantizatio
     model = _pretrained(loader, role_or_id, profile, dtype=dtype, **kwargs)
     if not quantization and device == "cuda":
         model = model.to(device)
+    elif not quantization:
+        _materialize(model)
     return model.eval()
+
+
+def _materialize(model) -> None:
+    """Copy memory-mapped safetensors weights into RAM.
+
+    ``from_pretrained`` maps the file; its pages join the process's memory only when first read, so a memory
+    measurement taken after loading would silently count the weights during the first forward pass.
+    """
+    import torch
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.clone()
 
 
 def count_parameters(model) -> tuple[int, int]:
