@@ -55,6 +55,19 @@ def test_peak_memory_sees_a_large_allocation():
     assert mem.delta_mb > 150, mem.delta_mb
 
 
+def test_peak_memory_nested_keeps_the_outer_peak():
+    with T.PeakMemory("cpu") as outer:
+        x = torch.ones(64, 2**20)  # 256 MB, freed before the inner block resets the counter
+        x.add_(1)
+        del x
+        with T.PeakMemory("cpu") as inner:
+            y = torch.ones(16, 2**20)  # 64 MB
+            y.add_(1)
+            del y
+    assert outer.delta_mb > 150, outer.delta_mb
+    assert 30 < inner.delta_mb < 150, inner.delta_mb
+
+
 def test_evaluate_loss_matches_model_loss(tiny_llama, toy_batch):
     with torch.no_grad():
         direct = float(tiny_llama(**toy_batch).loss)
