@@ -91,6 +91,23 @@ def _src(cell: dict) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
+def marked_cells(path: Path, marker: str) -> list[str]:
+    """Sources of the code cells of notebook ``path`` that contain ``marker`` (e.g. ``"# inline: freeze"``)."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    return [_src(c) for c in cells if c["cell_type"] == "code" and marker in _src(c)]
+
+
+def marked_cell(path: Path, marker: str) -> str:
+    """The one code cell of ``path`` containing ``marker``: how tests reach a notebook's inline definitions.
+
+    >>> exec(marked_cell(NOTEBOOK_DIR / "01_fine_tuning_basics.ipynb", "# inline: freeze"), ns := {})
+    """
+    found = marked_cells(path, marker)
+    if len(found) != 1:
+        raise ValueError(f"{Path(path).name}: expected one code cell containing {marker!r}, found {len(found)}")
+    return found[0]
+
+
 def notebooks() -> list[Path]:
     """The course notebooks, in order."""
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))

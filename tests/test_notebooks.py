@@ -65,3 +65,17 @@ def test_images_regenerate(tmp_path):
 
     written = generate(tmp_path)
     assert {p.name for p in written} == set(load_all()) and all(p.stat().st_size > 1000 for p in written)
+
+
+def test_marked_cell_finds_exactly_one_and_names_the_notebook(tmp_path):
+    nb = tmp_path / "99_demo.ipynb"
+    cells = [{"cell_type": "code", "source": ["# inline: a\n", "x = 1\n"]},
+             {"cell_type": "markdown", "source": "# inline: a (prose does not count)"},
+             {"cell_type": "code", "source": "# inline: b\ny = 2"},
+             {"cell_type": "code", "source": "# inline: b\ny = 3"}]
+    nb.write_text(json.dumps({"cells": cells}), encoding="utf-8")
+    assert course.marked_cell(nb, "# inline: a") == "# inline: a\nx = 1\n"
+    with pytest.raises(ValueError, match=r"99_demo\.ipynb.*'# inline: b'.*found 2"):
+        course.marked_cell(nb, "# inline: b")
+    with pytest.raises(ValueError, match="found 0"):
+        course.marked_cell(nb, "# inline: c")
