@@ -1,0 +1,820 @@
+"""QLoRA for English→Korean translation: Unsloth when it imports, transformers + peft + bitsandbytes otherwise.
+
+One code path for notebook 07. ``detect_backend()`` tries ``import unsloth`` once and says in one line
+when it cannot; the helpers then make the same calls either way:
+
+| helper | with Unsloth | fallback (transformers + peft + bitsandbytes) |
+|---|---|---|
+| ``load_4bit_model`` | ``FastLanguageModel.from_pretrained(..., load_in_4bit=True)`` | ``load_model(..., quantization="4bit")`` |
+| ``add_lora`` | ``FastLanguageModel.get_peft_model(...)`` | ``prepare_model_for_kbit_training`` + ``get_peft_model`` |
+| ``for_inference`` / ``for_training`` | ``FastLanguageModel.for_inference`` / ``for_training`` | ``eval()`` + KV cache / ``train()`` |
+| ``export_merged`` | ``model.save_pretrained_merged(..., "merged_16bit")`` | 16-bit base + adapter → ``merge_and_unload`` |
+
+Also: chat-format training examples, batched greedy translation with chrF, whole-model NF4 footprints
+(bits per weight from ``course_utils.quant``), LoRA parameter counts (formula from ``course_utils.lora``), and ``bench_qlora`` (plain QLoRA vs Unsloth QLoRA on the Phi-3-mini architecture).
+
+    >>> backend = detect_backend()
+    >>> model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)
+    >>> model = add_lora(model, r=16, lora_alpha=16)
+    >>> translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSTEM_PROMPT = "You are an expert translator. Translate the user's English text into Korean."
+# Unsloth's usual targets: every projection of attention (q, k, v, o) and of the MLP (gate, up, down).
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Phi-3 fuses some projections; a split name maps to the fused module when the model has only that one.
+FUSED_PROJECTIONS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                     "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+# --------------------------------------------------------------------------- backend detection
+
+def import_unsloth():
+    """``import unsloth`` (a function of its own so that tests can make it fail)."""
+    return importlib.import_module("unsloth")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Which library runs the QLoRA calls: ``"unsloth"`` or ``"peft"`` (transformers + peft + bitsandbytes)."""
+
+    name: str
+    reason: str = ""
+    version: str = ""
+
+    @property
+    def unsloth(self) -> bool:
+        """True when Unsloth's ``FastLanguageModel`` is used."""
+        return self.name == "unsloth"
+
+    @property
+    def FastLanguageModel(self):  # noqa: N802 - Unsloth's class name
+        """Unsloth's ``FastLanguageModel`` class (only with the unsloth backend)."""
+        if not self.unsloth:
+            raise RuntimeError("the fallback backend has no FastLanguageModel")
+        return import_unsloth().FastLanguageModel
+
+    def describe(self) -> str:
+        """One line naming the backend."""
+        if self.unsloth:
+            return f"Unsloth {self.version} (FastLanguageModel)"
+        return "transformers + peft + bitsandbytes (Unsloth unavailable: " + self.reason + ")"
+
+
+PEFT = Backend("peft", "not tried")
+_DETECTED: Backend | None = None
+
+
+def detect_backend(verbose: bool = True, refresh: bool = False) -> Backend:
+    """Try ``import unsloth`` once; on any failure return the fallback backend and say so in one message.
+
+    ``COURSE_UNSLOTH=0`` forces the fallback. Import Unsloth before transformers/TRL (as it asks), so call
+    this early. The result is cached; ``refresh=True`` tries again.
+
+    >>> detect_backend().name      # 'unsloth' or 'peft'
+    """
+    global _DETECTED
+    if _DETECTED is not None and not refresh:
+        return _DETECTED
+    if os.environ.get("COURSE_UNSLOTH", "1").strip().lower() in {"0", "false", "no", "off"}:
+        backend = Backend("peft", "COURSE_UNSLOTH=0")
+    else:
+        try:
+            module = import_unsloth()
+            module.FastLanguageModel  # noqa: B018 - fails early if the install is broken
+            backend = Backend("unsloth", version=str(getattr(module, "__version__", "?")))
+        except Exception as err:  # Unsloth fails in many ways (ImportError, NotImplementedError, RuntimeError …)
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            backend = Backend("peft", f"{type(err).__name__}: {first}")
+    if verbose and not backend.unsloth:
+        print(f"⚠️ Unsloth cannot run here ({backend.reason}). This lesson runs the same steps with "
+              "transformers + peft + bitsandbytes: load_model(..., quantization='4bit') → "
+              "prepare_model_for_kbit_training → get_peft_model.")
+    _DETECTED = backend
+    return backend
+
+
+def _backend(backend: Backend | None) -> Backend:
+    return backend or detect_backend()
+
+
+# --------------------------------------------------------------------------- loading and LoRA
+
+def model_source(role: str, profile: str | None = None) -> str:
+    """Hub id or local folder of a registry role, usable with ``from_pretrained`` and Unsloth.
+
+    >>> model_source("translator", "gpu")
+    'unsloth/Phi-3-mini-4k-instruct-bnb-4bit'
+    """
+    from course_utils.models import EMBEDDED, model_id, prepare_embedded
+
+    name = model_id(role, profile)
+    if name is None:
+        raise ValueError(f"role {role!r} has no pretrained model in this profile")
+    return str(prepare_embedded(verbose=False)) if name == EMBEDDED else name
+
+
+def keep_bnb_trainable_layout(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel (it breaks backward).
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place on the first no-grad forward on CPUs with
+    AVX512-BF16 and never unpacks it; Unsloth's CPU loader switches this off, and so does the fallback.
+    Returns the number of layers touched.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def load_4bit_model(model_name: str, max_seq_length: int = 2048, dtype=None, backend: Backend | None = None):
+    """(model, tokenizer) with the base weights in 4-bit NF4 (double quant), frozen.
+
+    Unsloth: ``FastLanguageModel.from_pretrained(model_name, max_seq_length, load_in_4bit=True, dtype)``.
+    Fallback: ``load_model(model_name, quantization="4bit", dtype)`` and its tokenizer. ``dtype`` is the
+    compute dtype (``torch.float32`` on CPU; ``None`` = the device's default).
+    """
+    b = _backend(backend)
+    if b.unsloth:
+        model, tok = b.FastLanguageModel.from_pretrained(model_name=model_name, max_seq_length=max_seq_length,
+                                                         load_in_4bit=True, dtype=dtype)
+    else:
+        from course_utils.models import load_model, load_tokenizer
+
+        model = load_model(model_name, quantization="4bit", dtype=dtype)
+        tok = load_tokenizer(model_name)
+        tok.padding_side = "right"
+        model.max_seq_length = max_seq_length
+    tok.model_max_length = max_seq_length
+    keep_bnb_trainable_layout(model)
+    return model, tok
+
+
+def lora_targets(model, wanted: list[str] | None = None) -> list[str]:
+    """The module names of ``wanted`` (default ``TARGET_MODULES``) that exist in ``model``, fused names added.
+
+    >>> lora_targets(phi3_model)    # Phi-3 fuses q/k/v and gate/up
+    ['o_proj', 'down_proj', 'qkv_proj', 'gate_up_proj']
+    """
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    out = []
+    for name in wanted or TARGET_MODULES:
+        name = name if name in leaves else FUSED_PROJECTIONS.get(name, name)
+        if name in leaves and name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError(f"none of {wanted or TARGET_MODULES} is a module of {type(model).__name__}")
+    return out
+
+
+def add_lora(model, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0,
+             target_modules: list[str] | None = None, use_gradient_checkpointing="unsloth",
+             random_state: int = 0, backend: Backend | None = None):
+    """Wrap a 4-bit model with trainable LoRA adapters (everything else frozen); returns the PeftModel.
+
+    Unsloth: ``FastLanguageModel.get_peft_model(model, r=…, lora_alpha=…, …)``. Fallback:
+    ``prepare_model_for_kbit_training`` (freeze, gradient checkpointing, input grads) + ``get_peft_model``.
+    ``use_gradient_checkpointing="unsloth"`` is Unsloth's offloaded checkpointing; the fallback maps any
+    truthy value to ordinary gradient checkpointing.
+    """
+    import torch
+
+    b = _backend(backend)
+    targets = lora_targets(model, target_modules)
+    if b.unsloth:
+        return b.FastLanguageModel.get_peft_model(
+            model, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none",
+            use_gradient_checkpointing=use_gradient_checkpointing, random_state=random_state)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(use_gradient_checkpointing),
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # training never reuses a KV cache; for_inference turns it back on
+    torch.manual_seed(random_state)  # LoRA A is random: seed it as Unsloth's random_state does
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def for_inference(model, backend: Backend | None = None):
+    """Switch to generation: eval mode and KV cache on (Unsloth: ``FastLanguageModel.for_inference``)."""
+    b = _backend(backend)
+    if b.unsloth:
+        return b.FastLanguageModel.for_inference(model)
+    model.eval()
+    model.config.use_cache = True
+    return model
+
+
+def for_training(model, backend: Backend | None = None):
+    """Switch back to training mode (Unsloth: ``FastLanguageModel.for_training``)."""
+    b = _backend(backend)
+    if b.unsloth:
+        return b.FastLanguageModel.for_training(model)
+    model.train()
+    model.config.use_cache = False
+    return model
+
+
+def saved_adapter_dtype(adapter_dir: str | Path):
+    """The dtype the adapter's weights were saved in (TRL keeps QLoRA adapters in bf16 while training)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), framework="pt") as f:
+        return f.get_slice(next(iter(f.keys()))).get_dtype()
+
+
+def match_adapter_dtype(model, adapter_dir: str | Path) -> str:
+    """Cast the LoRA weights back to the dtype they were saved (and trained) in; returns that dtype's name.
+
+    peft upcasts a bf16 adapter to fp32 when loading it; the trained model computed its LoRA path in bf16.
+    """
+    import torch
+
+    name = saved_adapter_dtype(adapter_dir)
+    dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[name]
+    for n, p in model.named_parameters():
+        if is_lora_param(n):
+            p.data = p.data.to(dtype)
+    return name
+
+
+def load_adapter_on_fresh_base(model_name: str, adapter_dir: str | Path, max_seq_length: int = 2048,
+                               dtype=None, backend: Backend | None = None):
+    """(model, tokenizer): a fresh 4-bit base with a saved adapter attached (``PeftModel.from_pretrained``).
+
+    The adapter keeps the dtype it was saved in, so the result computes exactly as the trained model did.
+    """
+    from peft import PeftModel
+
+    base, tok = load_4bit_model(model_name, max_seq_length, dtype=dtype, backend=backend)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    match_adapter_dtype(model, adapter_dir)
+    return for_inference(model, backend), tok
+
+
+def is_4bit_linear(module) -> bool:
+    """True for a bitsandbytes ``Linear4bit`` holding a quantized weight (not peft's LoRA wrapper of one)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - bitsandbytes is part of the pinned stack
+        return False
+    return isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight, "quant_state", None) is not None
+
+
+def is_lora_param(name: str) -> bool:
+    """True for the parameters LoRA adds (``lora_A`` / ``lora_B`` …), by peft's names."""
+    return "lora_" in name
+
+
+def frozen_fingerprint(model) -> dict[str, float]:
+    """name → checksum of every non-LoRA parameter (4-bit ones included): equal before and after ⇒ untouched."""
+    import torch
+
+    with torch.no_grad():
+        return {n: float(p.detach().float().sum()) + float(p.detach().float().abs().sum())
+                for n, p in model.named_parameters() if not is_lora_param(n)}
+
+
+# --------------------------------------------------------------------------- data: chat-format examples
+
+def translation_messages(en: str, ko: str | None = None, system: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages: system instruction, the English text as the user turn, optionally the Korean answer."""
+    from course_utils.data import to_messages
+
+    return to_messages(en, ko, system=system)
+
+
+def translation_example(en: str, ko: str, system: str = SYSTEM_PROMPT) -> dict:
+    """A TRL prompt/completion example: the loss falls on the completion (the Korean) only.
+
+    >>> translation_example("Hi.", "안녕하세요.")["completion"]
+    [{'role': 'assistant', 'content': '안녕하세요.'}]
+    """
+    return {"prompt": translation_messages(en, system=system),
+            "completion": [{"role": "assistant", "content": ko}]}
+
+
+def example_length(tokenizer, en: str, ko: str, system: str = SYSTEM_PROMPT) -> int:
+    """Tokens of the full chat-formatted example (prompt + Korean answer + end-of-turn)."""
+    ids = tokenizer.apply_chat_template(translation_messages(en, ko, system), tokenize=True,
+                                        return_dict=True)["input_ids"]
+    return len(ids)
+
+
+def fitting_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """The rows whose chat-formatted example fits ``max_length`` tokens: cut-off answers teach stopping mid-sentence."""
+    limit, tokenizer.model_max_length = tokenizer.model_max_length, int(1e9)  # measuring only: no length warning
+    try:
+        return [r for r in rows if example_length(tokenizer, r["en"], r["ko"]) <= max_length]
+    finally:
+        tokenizer.model_max_length = limit
+
+
+def translation_dataset(rows: list[dict], system: str = SYSTEM_PROMPT):
+    """A ``datasets.Dataset`` of prompt/completion examples from ``{en, ko}`` rows."""
+    from datasets import Dataset
+
+    return Dataset.from_list([translation_example(r["en"], r["ko"], system) for r in rows])
+
+
+def split_by_labels(tokenizer, input_ids: list[int], labels: list[int]) -> tuple[str, str]:
+    """(text without loss, text with loss) of one tokenized example: label −100 marks "no loss here"."""
+    off = tokenizer.decode([t for t, y in zip(input_ids, labels) if y == -100])
+    on = tokenizer.decode([t for t, y in zip(input_ids, labels) if y != -100])
+    return off, on
+
+
+def loss_split(tokenizer, example: dict) -> tuple[str, str]:
+    """(text without loss, text with loss) of a row of ``SFTTrainer.train_dataset``.
+
+    TRL stores ``labels`` (−100 outside the completion) or a 0/1 ``completion_mask``, depending on version.
+    """
+    ids = example["input_ids"]
+    if "labels" in example:
+        return split_by_labels(tokenizer, ids, example["labels"])
+    mask = example.get("completion_mask") or example.get("assistant_masks")
+    if mask is None:
+        raise KeyError(f"no labels or completion mask in {sorted(example)}")
+    return split_by_labels(tokenizer, ids, [t if m else -100 for t, m in zip(ids, mask)])
+
+
+# --------------------------------------------------------------------------- translation and chrF
+
+@contextlib.contextmanager
+def dequantized_once(model, enabled: bool | None = None):
+    """Inside the block, each 4-bit layer computes with a copy of its weight dequantized once, not per call.
+
+    bitsandbytes' CPU path dequantizes every NF4 weight on every forward (``gemm_4bit`` = dequantize, then
+    ``linear``): generation pays it once per new token. The copy holds exactly those dequantized values,
+    so outputs are unchanged (tests check this); it costs 16/32-bit memory while the block runs.
+    ``enabled=None``: on for CPU models, off on GPUs (their fused kernels do not need it).
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    if enabled is None:
+        enabled = next(model.parameters()).device.type == "cpu"
+    patched = []
+    if enabled:
+        import bitsandbytes.functional as bnb_f
+
+        for m in model.modules():
+            if not is_4bit_linear(m):
+                continue
+            state = m.weight.quant_state
+            dtype = m.compute_dtype or state.dtype or torch.float32
+            weight = bnb_f.dequantize_4bit(m.weight.data, state).to(dtype)          # (d_out, d_in)
+
+            def forward(x, weight=weight, m=m):
+                bias = None if m.bias is None else m.bias.to(weight.dtype)
+                return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+            m.forward = forward
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward  # back to the class's Linear4bit.forward
+
+
+def translate(model, tokenizer, sentences: list[str], max_new_tokens: int = 64, batch_size: int = 8,
+              system: str = SYSTEM_PROMPT) -> list[str]:
+    """Greedy translations of ``sentences`` (batched, left-padded), decoded without special tokens.
+
+    On CPU the 4-bit weights are dequantized once for the whole call (``dequantized_once``): same outputs.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the right edge
+    out_texts = []
+    try:
+        for i in range(0, len(sentences), batch_size):
+            prompts = [tokenizer.apply_chat_template(translation_messages(s, system=system),
+                                                     add_generation_prompt=True, tokenize=False)
+                       for s in sentences[i:i + batch_size]]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad(), dequantized_once(model):
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)            # (B, T + new)
+            new = out[:, enc["input_ids"].shape[1]:]                                  # (B, new)
+            # a cut-off multi-byte character decodes to U+FFFD: drop it, it is not part of any answer
+            out_texts += [t.strip().rstrip("\ufffd").strip()
+                          for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return out_texts
+
+
+def hangul_share(texts: list[str]) -> float:
+    """Share (0–1) of non-space characters that are Hangul syllables or jamo."""
+    chars = [c for t in texts for c in t if not c.isspace()]
+    hangul = sum(("\uac00" <= c <= "\ud7a3") or ("\u1100" <= c <= "\u11ff") or ("\u3130" <= c <= "\u318f")
+                 for c in chars)
+    return hangul / max(len(chars), 1)
+
+
+def evaluate_translation(model, tokenizer, rows: list[dict], max_new_tokens: int = 64,
+                         batch_size: int = 8) -> tuple[float, list[str]]:
+    """(corpus chrF, hypotheses) of the model on ``{en, ko}`` rows."""
+    from course_utils.metrics import chrf
+
+    hyps = translate(model, tokenizer, [r["en"] for r in rows], max_new_tokens, batch_size)
+    return chrf(hyps, [r["ko"] for r in rows]), hyps
+
+
+# --------------------------------------------------------------------------- training measurements
+
+def step_timer():
+    """A TRL/Trainer callback that records the wall time of every optimizer step (``.step_times``)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.step_times: list[float] = []
+            self._t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_times.append(time.perf_counter() - self._t0)
+
+        @property
+        def step_time(self) -> float:
+            """Median seconds per step, the first (warm-up) step excluded when there are others."""
+            times = sorted(self.step_times[1:] or self.step_times)
+            return times[len(times) // 2] if times else float("nan")
+
+    return StepTimer()
+
+
+def logged_losses(trainer) -> list[float]:
+    """Training losses the trainer logged (one per step with ``logging_steps=1``)."""
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+# --------------------------------------------------------------------------- merged 16-bit export
+
+def unquantized_name(model_name: str) -> str:
+    """The 16-bit checkpoint of a pre-quantized Unsloth one (``…-bnb-4bit`` → ``…``); others unchanged.
+
+    >>> unquantized_name("unsloth/Phi-3-mini-4k-instruct-bnb-4bit")
+    'unsloth/Phi-3-mini-4k-instruct'
+    """
+    import re
+
+    return re.sub(r"(-unsloth)?-bnb-4bit$", "", model_name, flags=re.IGNORECASE)
+
+
+def merge_16bit(model_name: str, adapter_dir: str | Path, save_dtype=None):
+    """A 16-bit copy of base + adapter: the base loaded unquantized, the adapter merged into its weights.
+
+    ``save_dtype``: bf16 on CUDA with bf16 support, else fp16 (no native bf16 on most CPUs).
+    """
+    import torch
+    from peft import PeftModel
+
+    from course_utils.models import load_model
+
+    base = load_model(unquantized_name(model_name))  # 16-bit: merging into 4-bit codes would round ΔW away
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if save_dtype is None:
+        save_dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+            else torch.float16
+    return merged.to(save_dtype)
+
+
+def export_merged(model, tokenizer, out_dir: str | Path, model_name: str, adapter_dir: str | Path,
+                  backend: Backend | None = None) -> str:
+    """Write base + adapter as one 16-bit model to ``out_dir``; returns how it was done.
+
+    Unsloth: ``model.save_pretrained_merged(out_dir, tokenizer, save_method="merged_16bit")``. Unsloth's CPU
+    backend refuses to merge into a 4-bit model; then (and in the fallback) the base is loaded in 16-bit,
+    the saved adapter attached and ``merge_and_unload`` folds ΔW = (α/r)·B·A into the weights.
+    """
+    b = _backend(backend)
+    if b.unsloth and hasattr(model, "save_pretrained_merged"):
+        try:
+            model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
+            return "Unsloth save_pretrained_merged(save_method='merged_16bit')"
+        except NotImplementedError as err:
+            print(f"Unsloth: {err}\n→ merging by hand instead: 16-bit base + adapter → merge_and_unload().")
+    merged = merge_16bit(model_name, adapter_dir)
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return f"peft merge_and_unload() on the 16-bit base, saved as {str(merged.dtype).replace('torch.', '')}"
+
+
+def folder_mb(path: str | Path) -> float:
+    """Total size of the files in a folder, in MB (2**20 bytes)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+# --------------------------------------------------------------------------- footprint arithmetic
+
+def footprint_bytes(n_quantized: int, n_other: int, bits_quantized: float = 4.0, bytes_other: float = 2.0) -> float:
+    """Weight memory in bytes: quantized Linear weights at ``bits_quantized`` bits, the rest at ``bytes_other``.
+
+    Bits per NF4 weight come from notebook 04: ``course_utils.quant.bits_per_param(64, double_quant=True)``
+    = 4 + 8/64 + 32/(64·256) ≈ 4.127 (4-bit code + double-quantized block scale).
+
+    >>> footprint_bytes(3_623_878_656, 197_200_896, bits_per_param(64, double_quant=True), 2) / 1e9  # Phi-3-mini
+    2.263…
+    """
+    return n_quantized * bits_quantized / 8 + n_other * bytes_other
+
+
+def param_split(model) -> tuple[int, int]:
+    """(weights bitsandbytes quantizes, all other parameters) of a model (works on 4-bit and meta models).
+
+    Quantized: the weight of every ``nn.Linear`` except the output embedding (``lm_head`` stays 16-bit).
+    LoRA matrices, if attached, are not counted.
+    """
+    import torch
+
+    out_emb = model.get_output_embeddings()
+    quantized, skip = 0, set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not out_emb and "lora_" not in name:
+            quantized += module.in_features * module.out_features   # a Linear4bit's weight is packed: use shapes
+            skip.add(id(module.weight))
+    other = sum(p.numel() for n, p in model.named_parameters() if id(p) not in skip and not is_lora_param(n))
+    return quantized, other
+
+
+def quant_state_bytes(model) -> int:
+    """Bytes of the NF4 block scales that ``get_memory_footprint()`` leaves out (absmax, nested absmax, offset).
+
+    The code tables (16 NF4 levels, 256 levels for the nested 8-bit absmax) are constants and not counted.
+    """
+    total, seen = 0, set()
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        while state is not None and id(state) not in seen:
+            seen.add(id(state))
+            for name in ("absmax", "offset"):
+                t = getattr(state, name, None)
+                if t is not None and hasattr(t, "element_size"):
+                    total += t.numel() * t.element_size()
+            state = getattr(state, "state2", None) if getattr(state, "nested", False) else None
+    return total
+
+
+def meta_model(config):
+    """The model of a config on the meta device: shapes and counts without memory or time."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def phi3_mini_config(tiny: bool = False, layout: str = "phi3"):
+    """Phi-3-mini's architecture (``Phi3Config()`` defaults: 3.8 B parameters) or a tiny one for CPU tests.
+
+    ``layout="llama"``: the same sizes with separate q/k/v and gate/up projections, as Unsloth's Phi-3
+    checkpoints store them.
+    """
+    from transformers import LlamaConfig, Phi3Config
+
+    sizes = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    if tiny:
+        sizes.update(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+    if layout == "phi3":
+        return Phi3Config(**sizes, pad_token_id=0)
+    if layout == "llama":
+        return LlamaConfig(**sizes, rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=0)
+    raise ValueError(f"layout={layout!r}: expected 'phi3' or 'llama'")
+
+
+def model_lora_params(model, r: int, target_modules: list[str] | None = None) -> int:
+    """Parameters LoRA adds to a whole model: ``lora_param_count(d_in, d_out, r)`` = r·(d_in + d_out) summed
+    over the targeted Linear layers (notebook 03's formula; A is r×d_in, B is d_out×r)."""
+    import torch
+
+    from course_utils.lora import lora_param_count
+
+    targets = set(lora_targets(model, target_modules))
+    total = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in targets and "lora_" not in name:
+            linear = getattr(module, "base_layer", module)  # after get_peft_model the Linear sits inside
+            if isinstance(linear, torch.nn.Linear):
+                total += lora_param_count(linear.in_features, linear.out_features, r)
+    return total
+
+
+# --------------------------------------------------------------------------- GPU benchmark
+
+@dataclass
+class BenchResult:
+    """One path of the QLoRA benchmark."""
+
+    path: str
+    tokens_per_s: float = float("nan")
+    peak_mb: float = float("nan")
+    reserved_mb: float = float("nan")
+    step_s: float = float("nan")
+    losses: list[float] = field(default_factory=list)
+    trainable: int = 0
+    error: str = ""
+
+
+def _write_word_tokenizer(folder: Path, vocab_size: int, max_length: int) -> None:
+    """A word-level tokenizer ``t0 … tN`` so that loaders find one (the benchmark feeds random ids)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [f"t{i}" for i in range(vocab_size - len(specials))])}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", model_max_length=max_length)
+    tok.save_pretrained(folder)
+
+
+def build_random_checkpoint(folder: str | Path, config) -> Path:
+    """Save a randomly initialised model of ``config`` (bf16 on CUDA, fp32 on CPU) plus a tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(0)
+        with torch.device("cuda" if cuda else "cpu"):
+            model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        torch.set_default_dtype(previous)
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    _write_word_tokenizer(folder, config.vocab_size, config.max_position_embeddings)
+    return folder
+
+
+def _bench_one(path: str, folder: str, steps: int, warmup: int, batch_size: int, seq_len: int, r: int) -> BenchResult:
+    """Load ``folder`` in 4-bit with one backend, add LoRA, train on random tokens; measure (runs in a subprocess)."""
+    if path == "unsloth":
+        backend = Backend("unsloth", version=str(getattr(import_unsloth(), "__version__", "?")))  # before transformers
+    else:
+        backend = Backend("peft", "plain path of the benchmark")
+    import torch
+
+    from course_utils.models import count_parameters
+    from course_utils.train import PeakMemory
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model, _ = load_4bit_model(folder, max_seq_length=seq_len, dtype=None if cuda else torch.float32,
+                               backend=backend)
+    model = add_lora(model, r=r, lora_alpha=r, use_gradient_checkpointing="unsloth", random_state=0, backend=backend)
+    model.train()
+    res = BenchResult(path, trainable=count_parameters(model)[0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    batches = [torch.randint(4, vocab, (batch_size, seq_len), generator=g).to(device)   # (B, T)
+               for _ in range(warmup + steps)]
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        for i, ids in enumerate(batches):
+            if i == warmup:  # the clock starts after warm-up (allocator, kernels, autotuning)
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            res.losses.append(float(loss))
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    res.step_s = elapsed / steps
+    res.tokens_per_s = steps * batch_size * seq_len / elapsed
+    res.peak_mb = mem.peak_mb
+    res.reserved_mb = torch.cuda.max_memory_reserved() / 2**20 if cuda else float("nan")
+    return res
+
+
+def _run_worker(path: str, folder: Path, **kw) -> BenchResult:
+    """Run ``_bench_one`` in a fresh Python: Unsloth patches transformers on import, and peaks stay separate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "course_utils.qlora", "bench-worker", path, str(folder), str(out),
+               json.dumps(kw)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return BenchResult(path, error=" | ".join(tail) or f"exit code {proc.returncode}")
+        return BenchResult(**json.loads(out.read_text()))
+
+
+def bench_qlora(steps: int | None = None, batch_size: int | None = None, seq_len: int | None = None, r: int = 16,
+                warmup: int | None = None, layout: str = "phi3", paths=("plain", "unsloth")) -> dict[str, BenchResult]:
+    """Plain transformers + peft + bitsandbytes QLoRA vs Unsloth QLoRA: same batch, length, steps.
+
+    On a GPU: the Phi-3-mini architecture with random weights (``Phi3Config``; speed and memory do not depend
+    on the values, and no hub is needed). Without one: a tiny Phi-3 config on CPU, which only shows the
+    mechanics. Prints tokens/s, peak memory and the Unsloth/plain ratios; returns path → BenchResult.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    steps = steps or (20 if cuda else 3)
+    warmup = warmup if warmup is not None else (3 if cuda else 1)
+    batch_size = batch_size or (4 if cuda else 2)
+    seq_len = seq_len or (1024 if cuda else 64)
+    config = phi3_mini_config(tiny=not cuda, layout=layout)
+    n_params = sum(param_split(meta_model(config)))
+    where = torch.cuda.get_device_name(0) if cuda else "CPU"
+    print(f"QLoRA benchmark · {'Phi-3-mini' if cuda else 'tiny Phi-3'} architecture ({layout} layout, "
+          f"{n_params / 1e9:.3g} B params, random weights) on {where} · batch {batch_size} × {seq_len} tokens · "
+          f"r={r} · {steps} timed steps after {warmup} warm-up")
+    if not cuda:
+        print("No GPU: running a tiny configuration on CPU to show the mechanics. Unsloth's CPU backend is stock "
+              "transformers + peft, so expect ratios near 1; its kernels need a GPU.")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_random_checkpoint(Path(tmp) / "model", config)
+        for path in paths:
+            results[path] = _run_worker(path, folder, steps=steps, warmup=warmup, batch_size=batch_size,
+                                        seq_len=seq_len, r=r)
+    print(format_bench(results, memory="peak VRAM" if cuda else "peak RSS"))
+    return results
+
+
+def format_bench(results: dict[str, BenchResult], memory: str = "peak VRAM") -> str:
+    """The benchmark table and the Unsloth/plain ratios as text."""
+    names = {"plain": "transformers + peft + bitsandbytes", "unsloth": "Unsloth"}
+    lines = [f"{'path':<36} {'tokens/s':>10} {memory + ' MB':>15} {'s/step':>8} {'trainable':>12}"]
+    for key, res in results.items():
+        if res.error:
+            lines.append(f"{names.get(key, key):<36} failed: {res.error}")
+            continue
+        lines.append(f"{names.get(key, key):<36} {res.tokens_per_s:>10.1f} {res.peak_mb:>15.0f} "
+                     f"{res.step_s:>8.3f} {res.trainable:>12,}")
+    plain, fast = results.get("plain"), results.get("unsloth")
+    if plain and fast and not (plain.error or fast.error):
+        speed = fast.tokens_per_s / plain.tokens_per_s
+        mem = fast.peak_mb / plain.peak_mb
+        lines.append(f"Unsloth / plain: tokens/s ×{speed:.2f} (goal ≥ 1.5) · {memory} ×{mem:.2f} (goal ≤ 0.6) · "
+                     f"Unsloth peak {fast.peak_mb / 1024:.1f} GB (goal ≤ 16 GB)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.qlora bench [--steps N --batch-size B --seq-len T --layout phi3|llama]``."""
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench-worker"]:
+        path, folder, out, kw = argv[1:5]
+        res = _bench_one(path, folder, **json.loads(kw))
+        Path(out).write_text(json.dumps(res.__dict__))
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m course_utils.qlora")
+    ap.add_argument("command", choices=["bench"])
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--layout", choices=["phi3", "llama"], default="phi3")
+    args = ap.parse_args(argv)
+    results = bench_qlora(args.steps, args.batch_size, args.seq_len, args.r, layout=args.layout)
+    return 0 if all(not r.error for r in results.values()) and all(math.isfinite(r.tokens_per_s)
+                                                                     for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
