@@ -4,6 +4,7 @@ import importlib
 import pkgutil
 
 import pytest
+import torch
 
 import course_utils.exercises as exercises
 from course_utils.exercises import Exercise, ____
@@ -31,3 +32,59 @@ def test_right_answer_passes_wrong_answer_fails(monkeypatch, capsys, module, nam
     ex.solution()
     out = capsys.readouterr().out
     assert "✅" in out and "❌" in out and "⬜" in out and "Hint" in out and "Solution" in out
+
+
+# --------------------------------------------------------------------------- answers vs the libraries
+# The exercise modules compute their answers by hand (that is the exercise); these tests make sure the
+# hand arithmetic agrees with what the package and peft count on the real architectures.
+
+def _meta_model(config):
+    """The architecture with no weights allocated: parameter counts only."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _smollm2_config():
+    from course_utils.models import load_model
+
+    return load_model("chat", profile="cpu").config
+
+
+def test_nb01_answers_agree_with_package_and_peft():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig
+
+    from course_utils.exercises import nb01
+    from course_utils.finetune import freeze
+    from course_utils.scaling import MIXED_ADAMW
+
+    assert freeze(_meta_model(_smollm2_config()), "norms") == nb01.q1.solution_answer()[0]
+    per_param = MIXED_ADAMW.weight + MIXED_ADAMW.grad + MIXED_ADAMW.optimizer
+    assert nb01.q2.solution_answer()[0] == pytest.approx(6.74e9 * per_param / 1e9)
+    llama7b = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32)
+    with torch.device("meta"):
+        lora = get_peft_model(_meta_model(llama7b), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    assert _trainable(lora) == nb01.q3.solution_answer()[0]
+
+
+def test_nb02_answers_agree_with_package_and_peft():
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+    from course_utils.adapters import adapter_param_count
+    from course_utils.exercises import nb02
+    from course_utils.finetune import LORA_TARGETS
+
+    cfg = _smollm2_config()
+    assert adapter_param_count(cfg.hidden_size, 32, cfg.num_hidden_layers) == nb02.q1.solution_answer()[0]
+    with torch.device("meta"):
+        lora = get_peft_model(_meta_model(cfg), LoraConfig(r=8, target_modules=list(LORA_TARGETS)))
+        prefix = get_peft_model(_meta_model(cfg), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10))
+    assert _trainable(lora) == nb02.q2.solution_answer()[0]
+    assert _trainable(prefix) == nb02.q3.solution_answer()[0]
