@@ -79,3 +79,16 @@ def test_marked_cell_finds_exactly_one_and_names_the_notebook(tmp_path):
         course.marked_cell(nb, "# inline: b")
     with pytest.raises(ValueError, match="found 0"):
         course.marked_cell(nb, "# inline: c")
+
+
+def test_nbval_output_wait_is_raised_for_notebook_cells():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", course.NOTEBOOK_DIR.parent / "conftest.py")
+    root = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root)
+    IPyNbCell = type("IPyNbCell", (), {"output_timeout": 5})  # nbval's item class, by name
+    Other = type("Function", (), {"output_timeout": 5})
+    cell, other = IPyNbCell(), Other()
+    root.pytest_collection_modifyitems([cell, other])
+    assert cell.output_timeout == root.NBVAL_OUTPUT_TIMEOUT_S and other.output_timeout == 5
