@@ -39,6 +39,7 @@ from course_utils.chatbot_store import (  # noqa: F401 (re-export)
     FeedbackStore,
     validate_feedback,
 )
+from course_utils.models import chat_prompt
 
 # English and short on purpose: this tokenizer spends about 3 tokens per Korean syllable, and every prompt
 # token costs training time. Measured: the empty chat template takes 47 tokens with the Korean system prompt
@@ -148,14 +149,6 @@ def clone_sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 def _detached(state: dict) -> dict:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def chat_prompt(tokenizer, question: str, system: str = SYSTEM_PROMPT) -> str:
-    """The chat-template text the model reads before it answers ``question``."""
-    from course_utils.data import to_messages
-
-    return tokenizer.apply_chat_template(to_messages(question, system=system), add_generation_prompt=True,
-                                         tokenize=False)
 
 
 def fit_prompt(tokenizer, question: str, system: str, seq_len: int) -> str:

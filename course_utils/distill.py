@@ -1,5 +1,6 @@
 """Knowledge distillation (지식 증류) from scratch: the logit-distillation loss, a student cut from the teacher's
-layers, cached top-k teacher logits, agreement, and helpers for sequence-level distillation.
+layers, cached top-k teacher logits and agreement. Sequence-level distillation needs only generation and training:
+``models.generate_replies`` and ``train.train``.
 
     >>> loss = kd_loss(student_logits, teacher_logits, targets, T=2.0, alpha=0.5)      # (N, V), (N, V), (N,)
     >>> student = layer_subset_student(teacher, keep=[0, 6, 12, 18, 24, 29])
@@ -78,21 +79,26 @@ def layer_subset_student(teacher: nn.Module, keep: list[int]) -> nn.Module:
     >>> layer_subset_student(teacher, [0, 15, 29]).config.num_hidden_layers
     3
     """
-    cfg = copy.deepcopy(teacher.config)
+    if not keep or len(set(keep)) != len(keep):
+        raise ValueError(f"keep={keep!r}: give each layer index once, at least one")
+    n = len(teacher.model.layers)
+    if not all(0 <= i < n for i in keep):
+        raise ValueError(f"keep={keep!r}: the teacher has layers 0..{n - 1}")
+    layers = teacher.model.layers
+    teacher.model.layers = nn.ModuleList([layers[i] for i in keep])
+    try:
+        student = copy.deepcopy(teacher)  # copies only the kept layers; no random init of weights we'd overwrite
+    finally:
+        teacher.model.layers = layers
+    cfg = student.config
     cfg.num_hidden_layers = len(keep)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in keep]
-    student = type(teacher)(cfg).to(device=next(teacher.parameters()).device, dtype=next(teacher.parameters()).dtype)
-    state = {}
-    for key, value in teacher.state_dict().items():
-        if key.startswith("model.layers."):
-            idx = int(key.split(".")[2])
-            if idx not in keep:
-                continue
-            key = key.replace(f"model.layers.{idx}.", f"model.layers.{keep.index(idx)}.", 1)
-        state[key] = value.clone()
-    student.load_state_dict(state)
-    return student.eval()
+    for new_idx, layer in enumerate(student.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx  # the KV cache is indexed by position in the stack
+    return student.requires_grad_(True).eval()
 
 
 # --------------------------------------------------------------------------- measuring students
@@ -154,28 +160,3 @@ def eval_student(model: nn.Module, batches: list[dict], targets: list[dict[str, 
         count += n
     count = max(count, 1)
     return {"perplexity": float(torch.exp(torch.tensor(nll / count))), "agreement": agree / count, "kl": kl / count}
-
-
-# --------------------------------------------------------------------------- sequence-level distillation
-
-@torch.no_grad()
-def generate_batch(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy chat replies to several prompts at once (left padding), decoded without special tokens."""
-    device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    finally:
-        tokenizer.padding_side = side
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
-
-
-def chat_prompt(tokenizer, user: str) -> str:
-    """The chat-template text the model reads before its answer to ``user``."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                         tokenize=False)

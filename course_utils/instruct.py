@@ -19,8 +19,6 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-import torch
-
 from course_utils.data import to_messages
 from course_utils.metrics import chrf, exact_match
 from course_utils.train import IGNORE_INDEX, collate
@@ -302,33 +300,15 @@ def early_stopping_step(eval_losses: list[float], patience: int, threshold: floa
 
 # --------------------------------------------------------------------------- generation and scoring
 
-@torch.no_grad()
 def generate_batch(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 8,
                    system: str | None = None) -> list[str]:
-    """Greedy chat replies to Alpaca rows, decoded without specials, in the order of ``rows``.
+    """Greedy chat replies to Alpaca rows (their ``user_turn``), decoded without specials, in the order of ``rows``.
 
-    Prompts are grouped by length (short with short) and left-padded, so little compute goes to padding.
+    >>> generate_batch(model, tok, eval_rows[:2], max_new_tokens=8)   # ['4', 'positive'] or the like
     """
-    device = next(model.parameters()).device
-    prompts = [to_messages(user_turn(r), system=system) for r in rows]
-    lengths = [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)
-                   ["input_ids"]) for p in prompts]
-    order = sorted(range(len(rows)), key=lengths.__getitem__)
-    replies: dict[int, str] = {}
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for k in range(0, len(order), batch_size):
-            idx = order[k:k + batch_size]
-            enc = tokenizer.apply_chat_template([prompts[i] for i in idx], add_generation_prompt=True, padding=True,
-                                                return_tensors="pt", return_dict=True).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)          # (B, T + new)
-            new = out[:, enc["input_ids"].shape[1]:]                             # (B, new)
-            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                replies[i] = text.strip()
-    finally:
-        tokenizer.padding_side = side
-    return [replies[i] for i in range(len(rows))]
+    from course_utils.models import generate_replies
+
+    return generate_replies(model, tokenizer, [user_turn(r) for r in rows], max_new_tokens, batch_size, system)
 
 
 CLOSED_TASKS = ("arithmetic", "classify")  # one right answer → exact match; the rest are open → chrF

@@ -309,7 +309,56 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
                              pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return text.strip().rstrip("\ufffd").strip()  # a character cut off by max_new_tokens is no part of it
+
+
+def chat_prompt(tokenizer, prompt, system: str | None = None) -> str:
+    """The chat-template text the model reads before its answer to ``prompt`` (a user string or ``messages``).
+
+    ``system`` applies to a user string; a ``messages`` list is used as given.
+
+    >>> chat_prompt(tok, "hi", system="Be brief.")
+    '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    from course_utils.data import to_messages
+
+    messages = to_messages(prompt, system=system) if isinstance(prompt, str) else prompt
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, batch_size: int = 8,
+                     system: str | None = None) -> list[str]:
+    """Greedy chat replies to many prompts (user strings or ``messages`` lists), in the order of ``prompts``.
+
+    Prompts are batched short with short and left-padded (generation continues at the right edge), so little
+    compute goes to padding. Replies are decoded without special tokens; a multi-byte character cut off by
+    ``max_new_tokens`` (U+FFFD) is dropped.
+
+    >>> generate_replies(model, tok, ["What is 2+2?", "Name a colour."], max_new_tokens=8)   # 2 strings
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    texts = [chat_prompt(tokenizer, p, system) for p in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    replies: dict[int, str] = {}
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for k in range(0, len(order), batch_size):
+            idx = order[k:k + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)           # the template already has its specials
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)   # (B, T + new)
+            new = out[:, enc["input_ids"].shape[1]:]                         # (B, new)
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                replies[i] = text.strip().rstrip("\ufffd").strip()
+    finally:
+        tokenizer.padding_side = side
+    return [replies[i] for i in range(len(texts))]
 
 
 if __name__ == "__main__":

@@ -401,27 +401,11 @@ def translate(model, tokenizer, sentences: list[str], max_new_tokens: int = 64, 
 
     On CPU the 4-bit weights are dequantized once for the whole call (``dequantized_once``): same outputs.
     """
-    import torch
+    from course_utils.models import generate_replies
 
-    device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the right edge
-    out_texts = []
-    try:
-        for i in range(0, len(sentences), batch_size):
-            prompts = [tokenizer.apply_chat_template(translation_messages(s, system=system),
-                                                     add_generation_prompt=True, tokenize=False)
-                       for s in sentences[i:i + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad(), dequantized_once(model):
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)            # (B, T + new)
-            new = out[:, enc["input_ids"].shape[1]:]                                  # (B, new)
-            # a cut-off multi-byte character decodes to U+FFFD: drop it, it is not part of any answer
-            out_texts += [t.strip().rstrip("\ufffd").strip()
-                          for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-    return out_texts
+    with dequantized_once(model):
+        return generate_replies(model, tokenizer, [translation_messages(s, system=system) for s in sentences],
+                                max_new_tokens, batch_size)
 
 
 def hangul_share(texts: list[str]) -> float:

@@ -19,6 +19,7 @@ from course_utils.chatbot import Chatbot, ChatbotConfig, should_accept
 from course_utils.chatbot_registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
 from course_utils.chatbot_store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
 from course_utils.course import marked_cell
+from course_utils.models import chat_prompt
 
 GOOD = dict(question="부가가치세 세율은 몇 퍼센트인가요?", answer="기본세율은 10%입니다.", quality=0.9, domain="tax")
 
@@ -457,7 +458,7 @@ def test_fit_prompt_leaves_room_for_the_answer(tok):
         assert len(tok(p, add_special_tokens=False)["input_ids"]) <= seq_len - seq_len // 3
         assert p.endswith("<|im_start|>assistant\n") and "…" in p
     short = cb.fit_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT, 128)
-    assert short == cb.chat_prompt(tok, "복식부기란?") and "…" not in short
+    assert short == chat_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT) and "…" not in short
 
 
 def test_config_from_settings():

@@ -132,6 +132,24 @@ def test_layer_subset_student(tiny_llama, toy_batch):
     assert small.config.num_hidden_layers == 1 and len(small.model.layers) == 1
     torch.testing.assert_close(small.model.layers[0].mlp.up_proj.weight, tiny_llama.model.layers[1].mlp.up_proj.weight)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in tiny_llama.parameters())
+    assert len(tiny_llama.model.layers) == 2 and tiny_llama.config.num_hidden_layers == 2, "teacher left intact"
+    assert small.model.layers[0].mlp.up_proj.weight is not tiny_llama.model.layers[1].mlp.up_proj.weight
+    assert all(p.requires_grad for p in small.parameters()), "a student is trainable"
+
+
+def test_layer_subset_student_generates_with_its_kv_cache(tiny_llama, toy_batch):
+    # the kept layer 1 becomes layer 0: its cache slot must follow, or cached decoding differs or fails
+    small = D.layer_subset_student(tiny_llama, [1])
+    ids = toy_batch["input_ids"][:1, :5]
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        torch.testing.assert_close(small.generate(ids, use_cache=True, **kw), small.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("keep", [[], [0, 0], [2], [-1]])
+def test_layer_subset_student_rejects_bad_keep(tiny_llama, keep):
+    with pytest.raises(ValueError, match="keep="):
+        D.layer_subset_student(tiny_llama, keep)
 
 
 def test_agreement_and_eval_student(tiny_llama, toy_batch):

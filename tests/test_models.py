@@ -49,6 +49,28 @@ def test_embedded_model_answers(embedded):
     assert "Paris" in models.generate_reply(model, tok, "What is the capital of France?", max_new_tokens=16)
 
 
+def test_chat_prompt_takes_strings_or_messages(embedded):
+    _, tok = embedded
+    text = models.chat_prompt(tok, "hi", system="Be brief.")
+    assert text.startswith("<|im_start|>system\nBe brief.") and text.endswith("<|im_start|>assistant\n")
+    assert text == models.chat_prompt(tok, [{"role": "system", "content": "Be brief."},
+                                            {"role": "user", "content": "hi"}])
+
+
+def test_generate_replies_keeps_order_and_matches_one_by_one(embedded):
+    model, tok = embedded
+    side = tok.padding_side
+    # lengths out of order and one prompt given as messages: batching sorts by length, replies must not move
+    prompts = ["Thank you very much for all of your help with the project today, it was great.",
+               "What is the capital of France?",
+               [{"role": "user", "content": "Name a colour."}]]
+    batch = models.generate_replies(model, tok, prompts, max_new_tokens=8, batch_size=2, system="Answer briefly.")
+    single = [models.generate_reply(model, tok, p, max_new_tokens=8, system="Answer briefly.") for p in prompts[:2]]
+    single.append(models.generate_reply(model, tok, prompts[2], max_new_tokens=8))   # messages are used as given
+    assert batch == single and len(set(batch)) == 3
+    assert tok.padding_side == side, "generate_replies must restore the tokenizer's padding side"
+
+
 def test_verify_cache_catches_tampering(tmp_path: Path):
     (tmp_path / "a.bin").write_bytes(b"0123456789")
     models._write_manifest(tmp_path, tmp_path / "a.bin")
