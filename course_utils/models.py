@@ -291,28 +291,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: str | None = None,
-                   streamer=None, **gen_kwargs) -> str:
-    """Greedy chat reply to ``prompt`` (a user string or a ``messages`` list), decoded without specials.
-
-    >>> generate_reply(model, tok, "What is the capital of France?")
-    'The capital of France is Paris.'
-    """
-    import torch
-
-    from course_utils.data import to_messages
-
-    messages = to_messages(prompt, system=system) if isinstance(prompt, str) else prompt
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True).to(next(model.parameters()).device)
-    gen_kwargs.setdefault("do_sample", False)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
-                             pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
-    text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return text.strip().rstrip("\ufffd").strip()  # a character cut off by max_new_tokens is no part of it
-
-
 def chat_prompt(tokenizer, prompt, system: str | None = None) -> str:
     """The chat-template text the model reads before its answer to ``prompt`` (a user string or ``messages``).
 
@@ -327,13 +305,35 @@ def chat_prompt(tokenizer, prompt, system: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def _clean_reply(text: str) -> str:
+    """A decoded reply without surrounding space or a character cut off by max_new_tokens (U+FFFD)."""
+    return text.strip().rstrip("\ufffd").strip()
+
+
+def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: str | None = None,
+                   streamer=None, **gen_kwargs) -> str:
+    """Greedy chat reply to ``prompt`` (a user string or a ``messages`` list), decoded without specials.
+
+    >>> generate_reply(model, tok, "What is the capital of France?")
+    'The capital of France is Paris.'
+    """
+    import torch
+
+    enc = tokenizer(chat_prompt(tokenizer, prompt, system), return_tensors="pt",
+                    add_special_tokens=False).to(next(model.parameters()).device)   # the template has its specials
+    gen_kwargs.setdefault("do_sample", False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
+                             pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
+    return _clean_reply(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
 def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, batch_size: int = 8,
                      system: str | None = None) -> list[str]:
     """Greedy chat replies to many prompts (user strings or ``messages`` lists), in the order of ``prompts``.
 
     Prompts are batched short with short and left-padded (generation continues at the right edge), so little
-    compute goes to padding. Replies are decoded without special tokens; a multi-byte character cut off by
-    ``max_new_tokens`` (U+FFFD) is dropped.
+    compute goes to padding. Replies are cleaned as in ``generate_reply``.
 
     >>> generate_replies(model, tok, ["What is 2+2?", "Name a colour."], max_new_tokens=8)   # 2 strings
     """
@@ -355,7 +355,7 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, 
                                      pad_token_id=tokenizer.pad_token_id)   # (B, T + new)
             new = out[:, enc["input_ids"].shape[1]:]                         # (B, new)
             for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                replies[i] = text.strip().rstrip("\ufffd").strip()
+                replies[i] = _clean_reply(text)
     finally:
         tokenizer.padding_side = side
     return [replies[i] for i in range(len(texts))]
