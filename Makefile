@@ -6,6 +6,9 @@ PIP         := $(PY) -m pip
 EXTRAS      ?= torch,course,unsloth-support,lab,dev
 # Optional extra index for torch, e.g. https://download.pytorch.org/whl/cpu on a Linux laptop without CUDA.
 TORCH_INDEX ?=
+# `make lab` listens on loopback only; in a container pass LAB_IP=0.0.0.0 (the token stays on). README, "Running the lab as root or in a container".
+LAB_IP      ?= 127.0.0.1
+LAB_PORT    ?= 8888
 STAMP       := $(VENV)/.course-installed
 NB_ENV      := COURSE_PROFILE=cpu COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
                TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(PY) -m course_utils.lab --ip=$(LAB_IP) --port=$(LAB_PORT) --notebook-dir=notebooks
 
 lint: setup
 	$(VENV)/bin/ruff check .
