@@ -1,7 +1,12 @@
 """Bundled JSONL data sets: validated loading into ``datasets.Dataset``, splits, chat formatting.
 
 Every line is checked against the file's schema; a malformed line raises ``DataError`` naming the file,
-the line number and what is wrong. Nothing is silently dropped.
+the line number and what is wrong. Nothing is silently dropped: a UTF-8 BOM (Windows tools) and blank lines
+(editors) are the only things tolerated, and a one-line note says how many blank lines were skipped.
+
+Check your own file before training on it (exit code 0 when it is valid, 1 with file:line errors if not):
+
+    python -m course_utils.data check my_data.jsonl --schema domain_qa
 
     >>> ds = load_dataset("en_ko_translation", split="train")
     >>> ds[0]["en"], ds[0]["ko"]
@@ -9,7 +14,10 @@ the line number and what is wrong. Nothing is silently dropped.
 
 from __future__ import annotations
 
+import codecs
 import json
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -65,36 +73,105 @@ def _check_row(row, schema: dict[str, Field], where: str) -> None:
             raise DataError(f"{where}: field '{key}'={value!r} is not one of {allowed}")
 
 
-def read_jsonl(path: str | Path, schema: dict[str, Field] | None = None) -> list[dict]:
-    """Read and validate a JSONL file; raise ``DataError`` at the first bad line.
+@dataclass
+class JsonlScan:
+    """What reading a JSONL file found: the good rows, every problem (``file:line: …``), what was tolerated."""
 
-    Also rejects duplicate ``id`` values and invalid UTF-8, both with file and line.
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    blank_lines: list[int] = field(default_factory=list)
+    bom: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def note(self) -> str | None:
+        """One line on what was tolerated (a BOM, blank lines), or ``None`` when the file was clean."""
+        parts = []
+        if self.blank_lines:
+            shown = ", ".join(map(str, self.blank_lines[:5])) + (", …" if len(self.blank_lines) > 5 else "")
+            parts.append(f"skipped {len(self.blank_lines)} blank line(s) "
+                         f"({'line' if len(self.blank_lines) == 1 else 'lines'} {shown})")
+        if self.bom:
+            parts.append("ignored the UTF-8 BOM at the start")
+        return f"note: {self.path}: {'; '.join(parts)}" if parts else None
+
+
+def scan_jsonl(path: str | Path, schema: dict[str, Field] | None = None, *, first_error_only: bool = False
+               ) -> JsonlScan:
+    """Read a JSONL file, collecting every bad line (or stopping at the first) instead of raising.
+
+    Tolerated, and reported by ``JsonlScan.note()``: a UTF-8 byte-order mark at the start of the file (Windows
+    tools write one) and blank lines (editors leave them). Everything else is an error naming file and line:
+    invalid UTF-8, bad JSON, a row that does not match ``schema``, a duplicate ``id``, an empty file.
     """
     path = Path(path)
-    rows, seen = [], {}
-    with open(path, "rb") as f:
+    scan, seen = JsonlScan(path), {}
+
+    def error(msg: str) -> bool:
+        scan.errors.append(msg)
+        return first_error_only
+
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        error(f"{path}: cannot read ({e.strerror})")
+        return scan
+    with f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw, scan.bom = raw[len(codecs.BOM_UTF8):], True
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+                hint = ("; the file looks like UTF-16: save it as UTF-8" if lineno == 1 and
+                        raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "")
+                if error(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start}){hint}"):
+                    return scan
+                continue
             if not text.strip():
-                raise DataError(f"{where}: blank line")
+                scan.blank_lines.append(lineno)
+                continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+                if error(f"{where}: bad JSON ({e.msg} at column {e.colno})"):
+                    return scan
+                continue
             if schema is not None:
-                _check_row(row, schema, where)
+                try:
+                    _check_row(row, schema, where)
+                except DataError as e:
+                    if error(str(e)):
+                        return scan
+                    continue
             if isinstance(row, dict) and "id" in row:
                 if row["id"] in seen:
-                    raise DataError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+                    if error(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})"):
+                        return scan
+                    continue
                 seen[row["id"]] = lineno
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return rows
+            scan.rows.append(row)
+    if not scan.rows and not scan.errors:
+        error(f"{path}: no rows")
+    return scan
+
+
+def read_jsonl(path: str | Path, schema: dict[str, Field] | None = None, *, note=print) -> list[dict]:
+    """Read and validate a JSONL file; raise ``DataError`` at the first bad line.
+
+    Also rejects duplicate ``id`` values and invalid UTF-8, both with file and line. A UTF-8 BOM and blank
+    lines are accepted; ``note`` (``print`` by default, ``None`` for silence) gets one line saying so.
+    """
+    scan = scan_jsonl(path, schema, first_error_only=True)
+    if scan.errors:
+        raise DataError(scan.errors[0])
+    if note is not None and scan.note():
+        note(scan.note())
+    return scan.rows
 
 
 def data_path(name: str) -> Path:
@@ -130,3 +207,47 @@ def to_messages(user: str, assistant: str | None = None, system: str | None = No
     if assistant is not None:
         msgs.append({"role": "assistant", "content": assistant})
     return msgs
+
+
+def check_file(path: str | Path, schema_name: str, *, max_errors: int = 20, out=None) -> int:
+    """Validate a learner's own JSONL file against a bundled schema; print OK or the file:line errors.
+
+    Returns the exit code: 0 valid, 1 invalid, 2 unknown schema.
+    """
+    out = out or sys.stdout
+    if schema_name not in SCHEMAS:
+        print(f"unknown schema {schema_name!r}; valid schemas: {', '.join(SCHEMAS)}", file=out)
+        return 2
+    schema = SCHEMAS[schema_name]
+    scan = scan_jsonl(path, schema)
+    if scan.note():
+        print(scan.note(), file=out)
+    if scan.ok:
+        print(f"OK: {scan.path}: {len(scan.rows)} row(s) match schema {schema_name!r} "
+              f"(fields: {', '.join(schema)})", file=out)
+        return 0
+    for msg in scan.errors[:max_errors]:
+        print(msg, file=out)
+    if len(scan.errors) > max_errors:
+        print(f"... and {len(scan.errors) - max_errors} more", file=out)
+    print(f"FAILED: {scan.path}: {len(scan.errors)} error(s) against schema {schema_name!r}, "
+          f"{len(scan.rows)} good row(s); fix the lines above and run the check again", file=out)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m course_utils.data",
+                                     description="Validate your own JSONL data before training on it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check FILE against a bundled schema",
+                           description=f"Schemas: {', '.join(SCHEMAS)}.")
+    check.add_argument("file")
+    check.add_argument("--schema", required=True, help=f"one of: {', '.join(SCHEMAS)}")
+    args = parser.parse_args(argv)
+    return check_file(args.file, args.schema)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

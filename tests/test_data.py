@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def _write(tmp_path: Path, lines: list) -> Path:
     (GOOD | {"id": "x2", "category": "weather"}, "field 'category'='weather' is not one of"),
     (GOOD | {"id": "x2", "extra": 1}, "unknown field(s) extra"),
     (GOOD, "duplicate id 'x1' (first on line 1)"),
-    (b"", "blank line"),
+    (b"\xef\xbb\xbf" + json.dumps(GOOD | {"id": "x2"}).encode(), "Unexpected UTF-8 BOM"),  # only line 1 may have one
     (b'{"id": "x2"}'[:-1] + b"\xff}", "invalid UTF-8"),
     ([1, 2], "expected a JSON object"),
 ])
@@ -35,6 +36,121 @@ def test_malformed_line_names_file_line_and_problem(tmp_path, bad, message):
         data.read_jsonl(p, SCHEMA)
     assert f"{p}:2:" in str(err.value) and message in str(err.value)
     assert p.read_bytes() == before  # reading never rewrites or drops anything
+
+
+def test_bom_at_start_is_accepted(tmp_path, capsys):
+    p = _write(tmp_path, [GOOD, GOOD | {"id": "x2"}])
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes().replace(b"\n", b"\r\n"))  # as Windows Notepad saves it
+    assert [r["id"] for r in data.read_jsonl(p, SCHEMA)] == ["x1", "x2"]
+    assert "ignored the UTF-8 BOM" in capsys.readouterr().out
+
+
+def test_blank_lines_are_skipped_and_counted(tmp_path, capsys):
+    p = _write(tmp_path, [GOOD, b"", b"   \t", GOOD | {"id": "x2"}, b""])
+    assert [r["id"] for r in data.read_jsonl(p, SCHEMA)] == ["x1", "x2"]
+    assert f"note: {p}: skipped 3 blank line(s) (lines 2, 3, 5)" in capsys.readouterr().out
+    scan = data.scan_jsonl(p, SCHEMA)
+    assert scan.ok and scan.blank_lines == [2, 3, 5] and not scan.bom
+    data.read_jsonl(p, SCHEMA, note=None)
+    assert capsys.readouterr().out == "", "note=None is silent"
+
+
+def test_clean_file_prints_nothing(tmp_path, capsys):
+    data.read_jsonl(_write(tmp_path, [GOOD]), SCHEMA)
+    assert capsys.readouterr().out == ""
+
+
+def test_bad_line_after_bom_and_blanks_keeps_its_real_line_number(tmp_path):
+    p = _write(tmp_path, [GOOD, b"", GOOD | {"id": "x2", "category": "weather"}])
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    with pytest.raises(data.DataError, match=rf"^{re.escape(str(p))}:3: field 'category'='weather'"):
+        data.read_jsonl(p, SCHEMA)
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([b"", b"  "], "no rows"),
+    ([b"\xff\xfe{\x00"], "looks like UTF-16"),
+])
+def test_empty_or_utf16_file(tmp_path, lines, message):
+    with pytest.raises(data.DataError, match=message):
+        data.read_jsonl(_write(tmp_path, lines), SCHEMA)
+
+
+def test_scan_collects_every_bad_line(tmp_path):
+    p = _write(tmp_path, [GOOD, b"{", GOOD | {"answer": 3, "id": "x2"}, GOOD, GOOD | {"id": "x4"}])
+    scan = data.scan_jsonl(p, SCHEMA)
+    assert [e.split(": ", 1)[0] for e in scan.errors] == [f"{p}:2", f"{p}:3", f"{p}:4"]
+    assert [r["id"] for r in scan.rows] == ["x1", "x4"]
+
+
+def _check(capsys, *argv):
+    code = data.main(["check", *map(str, argv)])
+    return code, capsys.readouterr().out
+
+
+def test_check_cli_ok(tmp_path, capsys):
+    p = _write(tmp_path, [GOOD, b"", GOOD | {"id": "x2"}])
+    code, out = _check(capsys, p, "--schema", "domain_qa")
+    assert code == 0
+    assert f"OK: {p}: 2 row(s) match schema 'domain_qa'" in out
+    assert "skipped 1 blank line(s) (line 2)" in out
+
+
+def test_check_cli_reports_every_bad_line(tmp_path, capsys):
+    p = _write(tmp_path, [GOOD, GOOD | {"id": "x2", "category": "weather"}, {"id": "x3"}])
+    code, out = _check(capsys, p, "--schema", "domain_qa")
+    assert code == 1
+    assert f"{p}:2: field 'category'='weather' is not one of" in out
+    assert f"{p}:3: missing field(s) question, answer, category, split" in out
+    assert f"FAILED: {p}: 2 error(s) against schema 'domain_qa', 1 good row(s)" in out
+    assert "OK" not in out
+
+
+def test_check_cli_caps_the_error_list(tmp_path, capsys):
+    p = _write(tmp_path, [b"{"] * 25)
+    code, out = _check(capsys, p, "--schema", "domain_qa")
+    assert code == 1 and out.count("bad JSON") == 20 and "... and 5 more" in out
+
+
+def test_check_cli_unknown_schema_lists_valid_ones(tmp_path, capsys):
+    code, out = _check(capsys, _write(tmp_path, [GOOD]), "--schema", "qa")
+    assert code == 2
+    assert "unknown schema 'qa'" in out and all(name in out for name in data.SCHEMAS)
+
+
+def test_check_cli_missing_file(tmp_path, capsys):
+    code, out = _check(capsys, tmp_path / "nope.jsonl", "--schema", "domain_qa")
+    assert code == 1 and "nope.jsonl: cannot read" in out
+
+
+def test_check_cli_as_a_learner_runs_it(tmp_path):
+    import subprocess
+    import sys
+
+    p = _write(tmp_path, [GOOD, GOOD | {"id": "x2", "split": "dev"}])
+    out = subprocess.run([sys.executable, "-m", "course_utils.data", "check", str(p), "--schema", "domain_qa"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"{p}:2: field 'split'='dev'" in out.stdout and out.stderr == ""
+    p.write_bytes(p.read_bytes().replace(b'"dev"', b'"test"'))
+    out = subprocess.run([sys.executable, "-m", "course_utils.data", "check", str(p), "--schema", "domain_qa"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("OK: "), out.stdout + out.stderr
+
+
+def test_validator_tolerates_bom_and_blank_lines_with_a_warning(tmp_path, capsys):
+    """data/validate_data.py (the bundled files' own checker) treats a BOM and blank lines as data.py does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("validate_data", data.DATA_DIR / "validate_data.py")
+    vd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vd)
+    p = tmp_path / "f.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n\n" + json.dumps(GOOD).encode() + b"\n")
+    rep = vd.Report()
+    rows = vd.load_rows(p, "f.jsonl", rep)
+    assert [n for n, _ in rows] == [1, 3] and not rep.errors
+    assert any("BOM" in w for w in rep.warnings) and any("1 blank line(s) (line 2)" in w for w in rep.warnings)
 
 
 def test_good_file_keeps_every_line(tmp_path):
