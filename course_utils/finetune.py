@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from course_utils.quant import bits_per_param
+
 STRATEGIES = ("full", "last_n", "head", "norms")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # NF4 with double quantization: 4 bits per weight, one 8-bit absmax per block of 64 weights, and one fp32
 # scale per 256 absmax values (Dettmers et al. 2023, QLoRA, §3) → 0.5 + 1/64 + 4/(64·256) bytes per weight.
-NF4_DQ_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+NF4_DQ_BYTES = bits_per_param(64, double_quant=True) / 8
 
 
 # --------------------------------------------------------------------------- the lessons' Q&A format

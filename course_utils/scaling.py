@@ -2,7 +2,7 @@
 
 Training state per parameter, in bytes, with mixed precision and AdamW (the ZeRO paper's accounting):
 2 (bf16 weight) + 2 (bf16 gradient) + 12 (fp32 master weight, Adam m and v) = 16 bytes. A frozen weight needs
-only its storage (2 bytes in bf16, ~0.5 in 4-bit). Sharding divides a state by the number of GPUs N:
+only its storage (2 bytes in bf16, ≈ 0.516 in NF4, ``NF4_BYTES``). Sharding divides a state by the number of GPUs N:
 
 | scheme | weights | gradients | optimizer states |
 |---|---|---|---|
@@ -17,6 +17,8 @@ only its storage (2 bytes in bf16, ~0.5 in 4-bit). Sharding divides a state by t
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from course_utils.quant import bits_per_param
 
 GB = 1e9
 SCHEMES = ("ddp", "zero1", "zero2", "zero3", "fsdp_shard_grad_op", "fsdp_full_shard")
@@ -33,12 +35,14 @@ class Precision:
     weight: float = 2.0      # bf16 working copy
     grad: float = 2.0        # bf16 gradient
     optimizer: float = 12.0  # fp32 master copy + Adam m + v
-    frozen: float = 2.0      # a weight that is not trained (bf16; 0.5 + constants for NF4)
+    frozen: float = 2.0      # a weight that is not trained (bf16; ``NF4_BYTES`` for NF4)
 
 
 MIXED_ADAMW = Precision()
 FP32_ADAMW = Precision(weight=4.0, grad=4.0, optimizer=8.0, frozen=4.0)  # no master copy: m and v only
-NF4_BASE = Precision(frozen=0.5 + 0.127 / 8 * 4)  # NF4 + double-quantized constants ≈ 4.13 bits ≈ 0.52 B
+# NF4 with double quantization (blocks of 64, notebook 04): 4 + 8/64 + 32/(64·256) ≈ 4.127 bits ≈ 0.516 B
+NF4_BYTES = bits_per_param(64, double_quant=True) / 8
+NF4_BASE = Precision(frozen=NF4_BYTES)
 
 
 def per_gpu_bytes(total_params: float, trainable_params: float | None = None, scheme: str = "ddp",

@@ -30,6 +30,22 @@ def test_environment_yml_points_at_pyproject_extras():
     assert set(make_extras) == set(re.fullmatch(r"-e \.\[([\w,-]+)\]", pip_lines[0]).group(1).split(","))
 
 
+def test_python_floor_is_supported_and_checked():
+    """requires-python promises 3.10: tomllib's PyPI twin is a base dependency there (deps.py needs it before
+    any extra is installed), and `make lint` runs vermin with the same floor."""
+    from packaging.requirements import Requirement
+
+    project = deps.pyproject()["project"]
+    floor = re.fullmatch(r">=(3\.\d+)", project["requires-python"]).group(1)
+    assert floor == "3.10"
+    tomli = next(r for r in map(Requirement, project["dependencies"]) if r.name == "tomli")
+    assert tomli.marker.evaluate({"python_version": "3.10"}) and not tomli.marker.evaluate({"python_version": "3.11"})
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert re.search(rf"/vermin .*--violations .*-t={re.escape(floor)}- ", lint), lint
+    assert any(r.startswith("vermin==") for r in deps.extras("dev"))
+
+
 def test_every_pin_is_exact_or_justified():
     for group, reqs in deps.pyproject()["project"]["optional-dependencies"].items():
         for req in reqs:

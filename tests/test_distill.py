@@ -172,6 +172,36 @@ def test_agreement_and_eval_student(tiny_llama, toy_batch):
     assert D.top1_agreement(logits, torch.tensor([[1, 1]]), mask=torch.tensor([[1, 0]])) == 1.0
 
 
+def test_eval_student_averages_over_tokens_not_batches(tiny_llama, toy_batch):
+    """Two batches with 44 and 9 scored tokens: every mean is over the 53 tokens, computed here directly."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 64, (2, 7), generator=g)
+    labels = ids.clone()
+    labels[1, :4] = D.IGNORE_INDEX
+    batches = [toy_batch, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}]
+    teacher = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        teacher.lm_head.weight.add_(0.02 * torch.randn(teacher.lm_head.weight.shape, generator=g))
+    res = D.eval_student(tiny_llama, batches, D.teacher_targets(teacher, batches, k=64))   # k = V: exact KL
+    per_batch = []
+    with torch.no_grad():
+        for b in batches:
+            s, y = D.shift_for_causal_lm(tiny_llama(**b).logits.double(), b["labels"])
+            t, _ = D.shift_for_causal_lm(teacher(**b).logits.double(), b["labels"])
+            s, t, y = s[y != D.IGNORE_INDEX], t[y != D.IGNORE_INDEX], y[y != D.IGNORE_INDEX]
+            log_p, log_q = F.log_softmax(t, -1), F.log_softmax(s, -1)
+            per_batch.append((len(y), float(F.cross_entropy(s, y, reduction="sum")),
+                              int((s.argmax(-1) == t.argmax(-1)).sum()), float((log_p.exp() * (log_p - log_q)).sum())))
+    assert [n for n, *_ in per_batch] == [44, 9]
+    n, nll, agree, kl = (sum(col) for col in zip(*per_batch))
+    assert res["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert res["agreement"] == pytest.approx(agree / n, rel=1e-6)
+    assert res["kl"] == pytest.approx(kl / n, rel=1e-4)
+    # the batches differ enough that a mean of per-batch means would be told apart
+    batch_mean_kl = sum(k / m for m, _, _, k in per_batch) / 2
+    assert abs(batch_mean_kl - kl / n) > 1e-3 * (kl / n)
+
+
 def test_inline_kd_loss_agrees():
     fn = inline("kd_loss")["kd_loss"]
     s, t, y = _logits(seed=9)

@@ -14,11 +14,11 @@ from course_utils.train import train
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_fine_tuning_basics.ipynb"
 
 
-def _tiny(tied: bool = True):
+def _tiny(tied: bool = True, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                       tie_word_embeddings=tied)
     return LlamaForCausalLM(cfg).eval()
@@ -116,6 +116,55 @@ def test_activation_formula_lora_matches_saved_tensors(toy_batch):
     assert measured == predicted + _extras(toy_batch, shape, model.config.head_dim, False) + 4
 
 
+def test_activation_formula_with_checkpointing_matches_saved_tensors(toy_batch):
+    """Checkpointing: the forward pass keeps each block's input (h per token) and the tail, and backward
+    recomputes one block at a time. Formula = what a checkpointed forward saves + what one block saves."""
+    B, T = toy_batch["input_ids"].shape
+    plain = {n: F.saved_activation_bytes(_tiny(tied=False, layers=n).train(), toy_batch) for n in (2, 3)}
+    one_block = plain[3] - plain[2]
+    model = _tiny(tied=False).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    shape = F.ModelShape.from_config(model.config, "tiny")
+    forward = F.saved_activation_bytes(model, toy_batch)
+    # besides activations: int64 ids (the embedding trains) and labels, the loss scalar; RoPE's cos/sin are
+    # saved inside the checkpointed blocks only
+    extras = 2 * B * T * 8 + 4
+    predicted = F.activation_values(shape, "full", checkpointing=True) * B * T * 4
+    assert one_block == (F.activation_values(_shape(3), "full") - F.activation_values(shape, "full")) * B * T * 4
+    assert predicted == forward - extras + one_block
+    mem = F.memory_breakdown(shape, "full", batch=B, seq_len=T, weight_bytes=4, checkpointing=True)
+    assert mem["activations"] == predicted
+
+
+def _shape(layers: int) -> F.ModelShape:
+    return F.ModelShape.from_config(_tiny(tied=False, layers=layers).config, "tiny")
+
+
+def test_nf4_bytes_per_weight_match_real_4bit_tensors():
+    """QLoRA's base: 4-bit codes + a uint8 absmax per 64 weights + an fp32 scale per 256 absmax values."""
+    import bitsandbytes.functional as bnbf
+
+    from course_utils.quant import bits_per_param
+
+    assert F.NF4_DQ_BYTES == bits_per_param(64, double_quant=True) / 8
+    assert F.NF4_DQ_BYTES == pytest.approx(0.5 + 1 / 64 + 4 / (64 * 256), rel=1e-12)
+    # every projection a whole number of second-level blocks (64·256 weights), so only the per-tensor offset
+    # (one fp32) is left over
+    shape = F.ModelShape("mid", layers=2, hidden=256, intermediate=512, heads=4, kv_dim=128, vocab=64)
+    h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
+    projections = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)] * shape.layers   # (out, in)
+    assert sum(o * n for o, n in projections) == shape.linear_params
+    g, stored = torch.Generator().manual_seed(0), 0
+    for out_f, in_f in projections:
+        packed, st = bnbf.quantize_4bit(torch.randn(out_f, in_f, generator=g), blocksize=64,
+                                        compress_statistics=True, quant_type="nf4")
+        assert st.nested and st.absmax.dtype == torch.uint8
+        stored += sum(t.numel() * t.element_size() for t in (packed, st.absmax, st.state2.absmax, st.offset))
+    mem = F.memory_breakdown(shape, "qlora", r=8, weight_bytes=2)
+    rest = (shape.params - shape.linear_params) * 2 + 4 * shape.lora_params(8)   # 16-bit rest, fp32 adapters
+    assert mem["weights"] == stored - 4 * len(projections) + rest
+
+
 def test_gradient_and_optimizer_bytes_are_exact(toy_batch):
     model = _tiny(tied=False)
     shape = F.ModelShape.from_config(model.config, "tiny")
@@ -175,6 +224,6 @@ def test_notebook_inline_memory_formula_agrees_with_package():
     for shape in (tiny, F.PHI3_MINI, F.LLAMA_7B):
         for method in ("full", "lora", "qlora"):
             for wb in (2, 4):
-                for mixed in (True, False):
-                    kw = dict(batch=3, seq_len=100, r=8, weight_bytes=wb, mixed_precision=mixed)
+                for mixed, ckpt in ((True, False), (False, False), (True, True)):
+                    kw = dict(batch=3, seq_len=100, r=8, weight_bytes=wb, mixed_precision=mixed, checkpointing=ckpt)
                     assert ns["memory_breakdown"](shape, method, **kw) == F.memory_breakdown(shape, method, **kw)

@@ -268,7 +268,6 @@ def _inline_core() -> dict:
     return ns
 
 
-@pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 03 not present")
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_notebook_inline_core_agrees_with_package(use_rslora):
     ns = _inline_core()

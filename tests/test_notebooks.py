@@ -22,7 +22,11 @@ def _src(cell: dict) -> str:
 
 def test_course_map_matches_notebooks_on_disk():
     on_disk = {p.name for p in NOTEBOOKS}
-    assert on_disk and on_disk <= {lesson.file for lesson in course.COURSE_MAP}
+    in_map = [lesson.file for lesson in course.COURSE_MAP]
+    assert len(in_map) == len(set(in_map)), "a lesson is listed twice in the course map"
+    assert on_disk == set(in_map), (f"in the map, not on disk: {sorted(set(in_map) - on_disk)}; "
+                                    f"on disk, not in the map: {sorted(on_disk - set(in_map))}")
+    assert [p.name for p in NOTEBOOKS] == in_map, "the course map lists the lessons in file order"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,6 +1,7 @@
 """Pruning from scratch vs torch.nn.utils.prune, slicing vs masking, 2:4, costs, and the notebook's inline code."""
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,26 @@ def test_channel_scores_activation_aware():
     scores = P.mlp_channel_scores(mlp, act)
     torch.testing.assert_close(scores, act * mlp.down_proj.weight.norm(dim=0))
     assert P.keep_channels(scores, 1 / 3).tolist() == [0, 1]
+
+
+def _l2(row) -> float:
+    return math.sqrt(sum(float(x) ** 2 for x in row))
+
+
+def test_weight_only_channel_scores_multiply_gate_up_and_down_norms(tiny_llama):
+    """Without activations, channel i scores ‖gate_i‖·‖up_i‖·‖down[:, i]‖ (h_i = silu(g_i·x)·(u_i·x))."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Module()
+    mlp.gate_proj, mlp.up_proj = torch.nn.Linear(8, 4, bias=False), torch.nn.Linear(8, 4, bias=False)
+    mlp.down_proj = torch.nn.Linear(4, 8, bias=False)
+    with torch.no_grad():
+        mlp.up_proj.weight.mul_(torch.tensor([1.0, 1.0, 1e-3, 30.0])[:, None])   # only up_proj tells 2 and 3 apart
+    for m in (mlp, tiny_llama.model.layers[1].mlp):
+        gate, up, down = (w.detach().double() for w in (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight))
+        expected = torch.tensor([_l2(gate[i]) * _l2(up[i]) * _l2(down[:, i]) for i in range(gate.shape[0])],
+                                dtype=torch.float64)
+        torch.testing.assert_close(P.mlp_channel_scores(m).double(), expected, rtol=1e-5, atol=0)
+    assert P.keep_channels(P.mlp_channel_scores(mlp), 0.25).tolist() == [0, 1, 3]
 
 
 def test_activation_norms_match_manual(tiny_llama, toy_batch):
