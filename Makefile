@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 lab: setup
 	$(PY) -m course_utils.lab --ip=$(LAB_IP) --port=$(LAB_PORT) --notebook-dir=notebooks
 
+# vermin: no code may need a newer Python than requires-python (3.10) promises
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/vermin --no-tips --violations -t=3.10- course_utils scripts tests data conftest.py
 
 unit: setup
 	$(NB_ENV) $(PY) -m pytest tests -q --durations=10
