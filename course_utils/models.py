@@ -211,15 +211,17 @@ def load_tokenizer(role_or_id: str = "chat", profile: str | None = None, **kwarg
 def bnb_config(quantization: str, device: str):
     """The ``BitsAndBytesConfig`` for ``"8bit"`` or ``"4bit"`` (NF4, double quant).
 
-    Compute dtype is fp32 on CPU (bf16 compute measured 10×+ slower on an AVX2 CPU), bf16 on CUDA.
+    Compute dtype is ``runtime.compute_dtype``: fp32 on CPU (bf16 compute measured 10×+ slower on an AVX2 CPU),
+    bf16 on Ampere+ GPUs, fp16 on a T4.
     """
-    import torch
     from transformers import BitsAndBytesConfig
+
+    from course_utils.runtime import compute_dtype
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        compute = compute_dtype(device)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
     raise ValueError(f"quantization={quantization!r}: expected None, '8bit' or '4bit'")
@@ -229,15 +231,15 @@ def load_model(role_or_id: str = "chat", profile: str | None = None, quantizatio
                dtype=None, model_class=None, **kwargs):
     """Load a causal LM (or ``model_class``) for a role or id, optionally 8-bit/4-bit quantized.
 
-    dtype defaults to fp32 on CPU and bf16 on CUDA. Offline and not cached → ``HubModelUnavailable``.
+    dtype defaults to ``runtime.compute_dtype``: fp32 on CPU, bf16 on Ampere+ GPUs, fp16 on a T4.
+    Offline and not cached → ``HubModelUnavailable``.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from course_utils.runtime import settings
+    from course_utils.runtime import compute_dtype, settings
 
     device = settings(profile).device
-    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    dtype = dtype or compute_dtype(device)
     if quantization:
         kwargs["quantization_config"] = bnb_config(quantization, device)
         kwargs.setdefault("device_map", {"": 0} if device == "cuda" else {"": "cpu"})
@@ -319,8 +321,10 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
     """
     import torch
 
-    enc = tokenizer(chat_prompt(tokenizer, prompt, system), return_tensors="pt",
-                    add_special_tokens=False).to(next(model.parameters()).device)   # the template has its specials
+    from course_utils.runtime import to_device
+
+    enc = to_device(tokenizer(chat_prompt(tokenizer, prompt, system), return_tensors="pt",
+                              add_special_tokens=False), model)   # the template has its specials
     gen_kwargs.setdefault("do_sample", False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
@@ -339,7 +343,8 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, 
     """
     import torch
 
-    device = next(model.parameters()).device
+    from course_utils.runtime import to_device
+
     texts = [chat_prompt(tokenizer, p, system) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
@@ -348,8 +353,8 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, 
     try:
         for k in range(0, len(order), batch_size):
             idx = order[k:k + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)           # the template already has its specials
+            enc = to_device(tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                      add_special_tokens=False), model)    # the template already has its specials
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)   # (B, T + new)

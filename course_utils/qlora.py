@@ -100,6 +100,14 @@ def detect_backend(verbose: bool = True, refresh: bool = False) -> Backend:
         except Exception as err:  # Unsloth fails in many ways (ImportError, NotImplementedError, RuntimeError …)
             first = (str(err).strip().splitlines() or [""])[0][:160]
             backend = Backend("peft", f"{type(err).__name__}: {first}")
+    from course_utils.runtime import real_cuda
+
+    if not backend.unsloth and real_cuda() and backend.reason != "COURSE_UNSLOTH=0":
+        # On a GPU the lesson is Unsloth's: a broken install must not quietly become the plain path.
+        raise RuntimeError(
+            f"`import unsloth` failed on this GPU machine ({backend.reason}). Rerun the notebook's setup cell "
+            "(it installs Unsloth and its CUDA extras), restart the runtime, and run again; or set "
+            "COURSE_UNSLOTH=0 to run this lesson with transformers + peft + bitsandbytes instead.")
     if verbose and not backend.unsloth:
         print(f"⚠️ Unsloth cannot run here ({backend.reason}). This lesson runs the same steps with "
               "transformers + peft + bitsandbytes: load_model(..., quantization='4bit') → "
@@ -482,8 +490,9 @@ def merge_16bit(model_name: str, adapter_dir: str | Path, save_dtype=None):
     base = load_model(unquantized_name(model_name))  # 16-bit: merging into 4-bit codes would round ΔW away
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     if save_dtype is None:
-        save_dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
-            else torch.float16
+        from course_utils.runtime import fast_bf16
+
+        save_dtype = torch.bfloat16 if fast_bf16() else torch.float16  # a T4 has no native bf16
     return merged.to(save_dtype)
 
 

@@ -603,6 +603,16 @@ def outlier_linears(model: nn.Module, batch: dict, threshold: float = 20.0) -> l
                   if (a[keep] if keep is not None and len(a) == len(keep) else a).abs().max() >= threshold)
 
 
+def cpu_fp32_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself if it is an fp32 model on the CPU, else a CPU fp32 copy (for CPU-only kernels)."""
+    from course_utils.runtime import device_of
+
+    p = next(model.parameters())
+    if device_of(model).type == "cpu" and p.dtype == torch.float32:
+        return model
+    return copy.deepcopy(model).cpu().float()
+
+
 def quantize_dynamic_int8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
     """A copy of ``model`` with torch's dynamic int8 Linear layers (weights int8, activations int8 per batch).
 

@@ -15,8 +15,15 @@ import platform
 import random
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PROFILES = ("cpu", "gpu")
+# A simulated GPU for the rehearsal (``make rehearse-gpu``): a Colab T4 unless COURSE_SIM_CAPABILITY says otherwise.
+SIM_CAPABILITY = "7.5"
+SIM_GPU_NAME = "Tesla T4 (simulated on the CPU by the rehearsal)"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -56,6 +63,11 @@ def apply_offline_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def rehearsing() -> bool:
+    """True in the gpu-profile rehearsal on a CPU (``COURSE_REHEARSAL=1``, see ``course_utils.rehearsal``)."""
+    return os.environ.get("COURSE_REHEARSAL", "").strip() == "1"
+
+
 def is_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` is truthy)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
@@ -77,12 +89,24 @@ class Settings:
     eval_size: int
     max_new_tokens: int
     threads: int
+    rehearsal: bool = False
 
 
 _SIZES = {
     "cpu": dict(steps=12, batch_size=4, seq_len=64, eval_size=16, max_new_tokens=24),
     "gpu": dict(steps=120, batch_size=8, seq_len=256, eval_size=100, max_new_tokens=64),
 }
+# The rehearsal runs the gpu profile's code with stand-in models on a CPU: sizes capped to what 2 cores finish.
+REHEARSAL_CAPS = dict(steps=4, batch_size=2, seq_len=64, eval_size=8, max_new_tokens=8)
+
+
+def capped(value: int, cap: int) -> int:
+    """``value``, or at most ``cap`` in the rehearsal: for sizes a lesson writes down itself.
+
+    >>> capped(60, 4)   # 60 outside the rehearsal
+    60
+    """
+    return min(value, cap) if rehearsing() else value
 
 
 def settings(profile: str | None = None) -> Settings:
@@ -94,10 +118,165 @@ def settings(profile: str | None = None) -> Settings:
     name = profile or profile_name()
     if name not in PROFILES:
         raise ValueError(f"profile {name!r} is not one of {PROFILES}")
-    device = "cuda" if name == "gpu" and _cuda_available() else "cpu"
+    rehearsal = name == "gpu" and rehearsing()
+    device = "cuda" if name == "gpu" and (_cuda_available() or rehearsal) else "cpu"
     import torch
 
-    return Settings(profile=name, device=device, threads=torch.get_num_threads(), **_SIZES[name])
+    sizes = dict(_SIZES[name])
+    if rehearsal:
+        from course_utils import rehearsal as _rehearsal
+
+        _rehearsal.activate()  # the simulated GPU and its device audit, before any model is loaded
+        sizes = {k: min(v, REHEARSAL_CAPS[k]) for k, v in sizes.items()}
+    return Settings(profile=name, device=device, threads=torch.get_num_threads(), rehearsal=rehearsal, **sizes)
+
+
+# --------------------------------------------------------------------------- dtype: one decision
+
+def cuda_capability() -> tuple[int, int] | None:
+    """Compute capability of GPU 0 (e.g. (7, 5) for a T4), the simulated one in the rehearsal, or None."""
+    if rehearsing():
+        major, minor = os.environ.get("COURSE_SIM_CAPABILITY", SIM_CAPABILITY).split(".")
+        return int(major), int(minor)
+    if not _cuda_available():
+        return None
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(0))
+
+
+def gpu_name() -> str | None:
+    """Name of GPU 0 (the simulated T4 in the rehearsal), or None without one."""
+    if rehearsing():
+        return SIM_GPU_NAME
+    if not _cuda_available():
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def fast_bf16() -> bool:
+    """True on GPUs with native bf16 (Ampere, sm80, and newer).
+
+    A T4 (sm75) has none: ``torch.cuda.is_bf16_supported()`` still says True there because it counts emulation,
+    which is slow, and Unsloth loads fp16 on it. So the course asks the capability, not that function.
+    """
+    cap = cuda_capability()
+    return cap is not None and cap >= (8, 0)
+
+
+def compute_dtype(device: str | None = None):
+    """The dtype for weights and compute: bf16 on Ampere+, fp16 on older GPUs (T4), fp32 on a CPU.
+
+    >>> compute_dtype("cpu")
+    torch.float32
+    """
+    import torch
+
+    device = device or settings().device
+    if device != "cuda":
+        return torch.float32
+    return torch.bfloat16 if fast_bf16() else torch.float16
+
+
+def precision_flags(device: str | None = None) -> dict:
+    """``bf16``/``fp16`` for ``TrainingArguments``/``SFTConfig``: mixed precision matching ``compute_dtype``.
+
+    >>> precision_flags("cpu")
+    {'bf16': False, 'fp16': False}
+    """
+    import torch
+
+    dtype = compute_dtype(device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+# --------------------------------------------------------------------------- one device convention
+
+def real_cuda() -> bool:
+    """True on a real CUDA GPU (False on a CPU, and in the rehearsal, whose GPU is simulated)."""
+    return _cuda_available()
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (for timing); nothing to wait for on a CPU or in the rehearsal."""
+    if real_cuda():
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def device_of(model) -> torch.device:
+    """The device a model's inputs must be on (its first parameter's)."""
+    if getattr(model, "_course_on_gpu", False):  # the rehearsal's simulated GPU
+        import torch
+
+        return torch.device("cuda", 0)
+    return next(model.parameters()).device
+
+
+def to_device(batch, model_or_device):
+    """Move a tensor, a tokenizer batch, or a dict/list of tensors to a model's device (the one way in).
+
+    Returns a new batch: unlike ``BatchEncoding.to``, the batch passed in is never changed in place.
+
+    >>> batch = to_device(tokenizer("hi", return_tensors="pt"), model)    # input_ids (1, T) on the model's device
+    """
+    import torch
+
+    device = model_or_device if isinstance(model_or_device, (str, torch.device)) else device_of(model_or_device)
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(getattr(batch, "data", None), dict):  # a tokenizer's BatchEncoding: copied, never moved in place
+        import copy
+
+        out = copy.copy(batch)
+        out.data = {k: to_device(v, device) if _movable(v) else v for k, v in batch.data.items()}
+        return out
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) if _movable(v) else v for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) if _movable(v) else v for v in batch)
+    raise TypeError(f"to_device: cannot move a {type(batch).__name__}; pass a tensor, a dict, a list or a batch")
+
+
+def _movable(v) -> bool:
+    import torch
+
+    return isinstance(v, (torch.Tensor, dict, list, tuple))
+
+
+def to_cpu(t):
+    """A detached CPU copy of a tensor (the one way out, for plots, tables and numpy)."""
+    return t.detach().cpu()
+
+
+def to_numpy(t):
+    """A tensor as a numpy array, whatever its device and dtype (numpy has no bf16: those become fp32).
+
+    >>> to_numpy(torch.ones(2, dtype=torch.bfloat16))
+    array([1., 1.], dtype=float32)
+    """
+    import torch
+
+    t = to_cpu(t)
+    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+
+
+def check_real(condition: bool, message: str) -> bool:
+    """Assert a checkpoint that holds only for the real model (its size, what it learned); the rehearsal reports it.
+
+    The rehearsal's stand-in models have random weights, so "answers in Korean" cannot hold there; every other
+    checkpoint stays a plain ``assert``. The cpu and gpu profiles always assert.
+    """
+    if rehearsing():
+        print(f"rehearsal: reported, not asserted ({'holds' if condition else 'does not hold'} on random stand-in "
+              f"weights): {message}")
+        return bool(condition)
+    if not condition:
+        raise AssertionError(message)
+    return True
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -125,12 +304,13 @@ REPORTED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accele
 
 def env_report() -> dict:
     """Versions, device, profile and offline state as a dict (what ``print_env`` shows)."""
-    import torch
-
     s = settings()
+    cap = cuda_capability()
     report = {"python": platform.python_version(), "platform": platform.platform(terse=True),
               **{p: _version(p) for p in REPORTED_PACKAGES}, "profile": s.profile, "device": s.device,
-              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+              "cuda": f"{gpu_name()} (sm{cap[0]}{cap[1]})" if cap else "none",
+              "dtype": str(compute_dtype(s.device)).replace("torch.", ""),
+              "rehearsal": s.rehearsal,
               "torch threads": s.threads, "colab": in_colab(), "hf offline": is_offline()}
     return report
 
@@ -142,5 +322,5 @@ def print_env() -> dict:
     for key, value in report.items():
         print(f"{key:<{width}} : {value}")
     print("sizes".ljust(width), ":", {k: v for k, v in asdict(settings()).items()
-                                        if k not in ("profile", "device", "threads")})
+                                        if k not in ("profile", "device", "threads", "rehearsal")})
     return report

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_utils.runtime import device_of, synchronize, to_device
+
 IGNORE_INDEX = -100  # label value that the cross-entropy skips (prompt and padding tokens)
 
 
@@ -95,6 +97,9 @@ def rss_high_water_mb() -> float | None:
 class PeakMemory:
     """Context manager measuring peak memory in MB: CUDA allocator peak, or peak RSS on CPU.
 
+    ``device`` defaults to the profile's (``runtime.settings().device``). In the rehearsal the GPU is simulated
+    and its tensors live in RAM, so there the peak is RSS too.
+
     On Linux the CPU peak is the kernel's own high-water mark (exact, even for an allocation
     freed a microsecond later); elsewhere it falls back to sampling RSS every `interval_s`.
 
@@ -103,7 +108,10 @@ class PeakMemory:
     """
 
     def __init__(self, device: str | None = None, interval_s: float = 0.005):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from course_utils.runtime import real_cuda, settings
+
+        self.device = device or settings().device
+        self._cuda = self.device == "cuda" and real_cuda()
         self.interval_s = interval_s
         self.baseline_mb = self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -117,7 +125,7 @@ class PeakMemory:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakMemory:
-        if self.device == "cuda":
+        if self._cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.baseline_mb = torch.cuda.memory_allocated() / 2**20
@@ -132,7 +140,7 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device == "cuda":
+        if self._cuda:
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -189,9 +197,8 @@ def evaluate_loss(model, batches: list[dict], loss_fn=lm_loss) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    device = next(model.parameters()).device
     for b in batches:
-        b = {k: v.to(device) for k, v in b.items()}
+        b = to_device(b, model)
         n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         total += float(loss_fn(model, b)) * n
         count += n
@@ -219,7 +226,7 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps
                                               else 1.0)
-    device = next(model.parameters()).device
+    device = device_of(model)
     res = TrainResult()
     res.trainable, res.total = count_parameters(model)
     best, bad_evals = math.inf, 0
@@ -227,7 +234,7 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
     with PeakMemory(device.type) as mem:
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for step in bar:
-            batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+            batch = to_device(batches[step % len(batches)], model)
             t0 = time.perf_counter()
             loss = loss_fn(model, batch)
             loss.backward()
@@ -236,10 +243,15 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize()
             res.step_times.append(time.perf_counter() - t0)
             res.losses.append(loss.item())
+            if not math.isfinite(res.losses[-1]):
+                dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params})
+                raise FloatingPointError(
+                    f"{desc}: the loss is {res.losses[-1]} at step {step + 1} (trainable weights in {dtypes}). "
+                    "AdamW on fp16 weights overflows (its eps of 1e-8 is 0 in fp16): train fp32 weights "
+                    "(load_model(..., dtype=torch.float32)) or adapters (peft keeps them in fp32).")
             bar.set_postfix(loss=f"{res.losses[-1]:.3f}")
             if on_step is not None:
                 on_step(step, res.losses[-1])

@@ -61,15 +61,19 @@ def patch_trl() -> bool:
 
 
 def sft_config(**kwargs):
-    """``trl.SFTConfig`` with the course's defaults: no bf16 and ``use_cpu`` on CPU, no reports, no saves.
+    """``trl.SFTConfig`` with the course's defaults: the profile's precision and device, no reports, no saves.
 
-    TRL turns bf16 on by default even on CPU, where it measured 14× slower on this course's machines.
+    The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
+    CPU in fp32. TRL turns bf16 on by default even on CPU, where it measured 14× slower on this course's
+    machines; on a GPU ``runtime.precision_flags`` picks bf16 (Ampere+) or fp16 (T4).
     """
     from trl import SFTConfig
 
-    cpu = not torch.cuda.is_available()
-    defaults = dict(bf16=not cpu, use_cpu=cpu, report_to="none", save_strategy="no", logging_steps=1,
-                    dataloader_num_workers=0)
+    from course_utils.runtime import precision_flags, settings
+
+    device = settings().device
+    defaults = dict(**precision_flags(device), use_cpu=device == "cpu", report_to="none", save_strategy="no",
+                    logging_steps=1, dataloader_num_workers=0)
     return SFTConfig(**{**defaults, **kwargs})
 
 

@@ -99,6 +99,7 @@ def build_model(cfg: FinetuneConfig):
     import torch
 
     from course_utils.models import load_model
+    from course_utils.runtime import settings
 
     quant = "4bit" if cfg.method == "qlora" else None
     # device_map would pin every rank to one device; under DDP each rank must own its copy
@@ -107,7 +108,8 @@ def build_model(cfg: FinetuneConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    return model.to(torch.float32) if not torch.cuda.is_available() and quant is None else model
+    on_cpu = settings().device == "cpu"   # the profile decides: COURSE_PROFILE=cpu on a GPU machine means CPU
+    return model.to(torch.float32) if on_cpu and quant is None else model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,3 +50,69 @@ def test_print_env_reports_versions(capsys):
     report = runtime.print_env()
     out = capsys.readouterr().out
     assert report["profile"] in out and report["torch"] != "not installed" and "transformers" in out
+
+
+# --------------------------------------------------------------------------- the one dtype decision
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"),
+                                               ((8, 6), "bfloat16"), ((9, 0), "bfloat16")])
+def test_gpu_dtype_follows_compute_capability(monkeypatch, capability, dtype):
+    import torch
+
+    monkeypatch.delenv("COURSE_REHEARSAL", raising=False)
+    monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a T4 says True (emulation)
+    assert runtime.compute_dtype("cuda") == getattr(torch, dtype)
+    flags = runtime.precision_flags("cuda")
+    assert flags == {"bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
+    assert runtime.compute_dtype("cpu") == torch.float32 and runtime.precision_flags("cpu") == {"bf16": False,
+                                                                                              "fp16": False}
+
+
+def test_the_profile_decides_not_the_machine(monkeypatch):
+    """COURSE_PROFILE=cpu on a GPU machine: CPU device, fp32, and TRL's config without mixed precision."""
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    monkeypatch.delenv("COURSE_REHEARSAL", raising=False)
+    monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
+    s = runtime.settings()
+    assert s.device == "cpu" and not s.rehearsal
+    from course_utils.trl_compat import sft_config
+
+    args = sft_config(output_dir="/tmp/course-test-sft", max_steps=1)
+    assert args.use_cpu and not args.bf16 and not args.fp16
+
+
+def test_rehearsal_settings_are_the_gpu_branch_capped(monkeypatch):
+    monkeypatch.setenv("COURSE_REHEARSAL", "1")
+    monkeypatch.setattr("course_utils.rehearsal.activate", lambda: False)   # no global patching in this process
+    s = runtime.settings("gpu")
+    assert s.device == "cuda" and s.rehearsal
+    assert all(getattr(s, k) <= v for k, v in runtime.REHEARSAL_CAPS.items())
+    assert runtime.cuda_capability() == (7, 5) and str(runtime.compute_dtype("cuda")) == "torch.float16"
+    assert runtime.capped(60, 4) == 4
+    monkeypatch.delenv("COURSE_REHEARSAL")
+    assert runtime.capped(60, 4) == 60
+
+
+def test_check_real_asserts_outside_the_rehearsal_only(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_REHEARSAL", raising=False)
+    with pytest.raises(AssertionError, match="answers in Korean"):
+        runtime.check_real(False, "answers in Korean")
+    monkeypatch.setenv("COURSE_REHEARSAL", "1")
+    assert runtime.check_real(False, "answers in Korean") is False
+    assert "not asserted" in capsys.readouterr().out
+
+
+def test_to_device_copies_batches_and_to_numpy_handles_16_bit():
+    import torch
+    from transformers import BatchEncoding
+
+    batch = BatchEncoding({"input_ids": torch.ones(1, 3, dtype=torch.long)})
+    moved = runtime.to_device(batch, "cpu")
+    assert moved is not batch and isinstance(moved, BatchEncoding) and moved["input_ids"].shape == (1, 3)
+    nested = runtime.to_device({"a": [torch.zeros(2)], "n": 3}, torch.nn.Linear(2, 2))
+    assert nested["n"] == 3 and nested["a"][0].device.type == "cpu"
+    assert runtime.to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name == "float32"
+    with pytest.raises(TypeError, match="cannot move a str"):
+        runtime.to_device("text", "cpu")

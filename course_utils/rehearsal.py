@@ -1,0 +1,477 @@
+"""The gpu profile rehearsed on a CPU: stand-in hub models and a device audit that fails like CUDA would.
+
+The gpu profile runs on Colab, where no CI machine of this project can go. ``make rehearse-gpu`` runs every
+notebook with ``COURSE_PROFILE=gpu COURSE_REHEARSAL=1`` on a CPU, offline:
+
+- **stand-ins**: each hub model of the gpu profile (``models.REGISTRY``) is replaced by a small model of the
+  same architecture, registered under the real id in a local Hugging Face cache (``HF_HUB_CACHE``), so that
+  ``from_pretrained("facebook/opt-125m")`` and Unsloth's loader find it as they would after a download;
+- **a simulated CUDA device**: ``settings().device`` is ``"cuda"``, and a ``TorchFunctionMode`` keeps, for every
+  tensor, whether it would live on the GPU. Moving to ``"cuda"`` (``.to``, ``.cuda()``, ``Module.to``,
+  ``device_map``, factory functions) marks a tensor; results of math on marked tensors are marked;
+- **what each side sees**: the course's code sees ``device == cuda:0`` on such tensors; libraries see the CPU
+  they really run on (so their own device checks and CUDA-only branches stay consistent);
+- **the audit**: in the course's own code (notebook cells and ``course_utils``) the crash classes of a real GPU
+  raise here too: a CPU input given to a model on the GPU, math that mixes GPU tensors with CPU tensors, and
+  ``.numpy()`` on a GPU tensor (in any code, as numpy itself refuses it on CUDA). Library code is trusted to
+  place its own tensors and is not checked.
+
+Checkpoints that measure learning on real weights cannot hold on random stand-ins; they use
+``runtime.check_real`` (the one mechanism that reports instead of asserting, and only here).
+
+    $ python -m course_utils.rehearsal build        # the stand-in cache (about 10 s, once)
+    $ make rehearse-gpu                             # every notebook, gpu profile, on the CPU
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+COURSE_DIR = str(Path(__file__).resolve().parent)
+_AUDIT_FILE = str(Path(__file__).resolve())
+TAG = "_course_on_gpu"
+STANDIN_FORMAT = 3  # bump when the stand-ins change: older caches are rebuilt
+
+
+class DeviceAuditError(RuntimeError):
+    """Code that would crash on a real GPU: the rehearsal's simulated CUDA device caught it."""
+
+
+# --------------------------------------------------------------------------- which code is ours
+
+def _is_ours(filename: str) -> bool:
+    """Notebook cells and course_utils are audited; libraries are trusted to place their own tensors."""
+    if filename == _AUDIT_FILE:
+        return False
+    return filename.startswith(COURSE_DIR) or "ipykernel_" in filename or filename.startswith("<ipython-input")
+
+
+def _caller_is_ours(skip: int = 2, skip_modules: bool = False) -> str | None:
+    """The code that made the call, if it is ours: 'file:line', else None.
+
+    ``skip_modules``: look past ``nn.Module.__call__`` (for hooks), to the code that called the model.
+    """
+    f = sys._getframe(skip)
+    module_py = f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py"
+    while f is not None and (f.f_code.co_filename == _AUDIT_FILE
+                             or skip_modules and f.f_code.co_filename.endswith(module_py)):
+        f = f.f_back
+    if f is not None and _is_ours(f.f_code.co_filename):
+        return f"{f.f_code.co_filename}:{f.f_lineno}"
+    return None
+
+
+# --------------------------------------------------------------------------- marks
+
+def on_gpu(t) -> bool:
+    """True when ``t`` would live on the (simulated) GPU."""
+    return isinstance(t, torch.Tensor) and getattr(t, TAG, False)
+
+
+def _mark(t, value: bool = True):
+    if isinstance(t, torch.Tensor):
+        try:
+            setattr(t, TAG, value)
+        except (AttributeError, RuntimeError):  # pragma: no cover - exotic tensor types
+            pass
+    return t
+
+
+def _tensors(obj, out: list, depth: int = 0) -> list:
+    """Tensors inside args/kwargs (lists, tuples, dicts, one level of nesting deep enough for batches)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif depth < 3 and isinstance(obj, (list, tuple)):
+        for x in obj:
+            _tensors(x, out, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for x in obj.values():
+            _tensors(x, out, depth + 1)
+    return out
+
+
+def _mark_all(obj, value: bool = True) -> None:
+    for t in _tensors(obj, []):
+        _mark(t, value)
+
+
+def _is_cuda_device(d) -> bool:
+    if isinstance(d, torch.device):
+        return d.type == "cuda"
+    if isinstance(d, str):
+        return d.split(":")[0] == "cuda"
+    return isinstance(d, int) and not isinstance(d, bool)
+
+
+def _cpu_device(d):
+    return torch.device("cpu") if isinstance(d, torch.device) else "cpu"
+
+
+def _descriptor(name: str):
+    return next(k.__dict__[name] for k in torch.Tensor.__mro__ if name in k.__dict__)
+
+
+_GETTERS = {_descriptor(name): name for name in ("device", "is_cuda", "is_cpu")}
+_FACTORY_KW = "device"
+_NUMPY = {"numpy", "__array__"}
+# CUDA accepts CPU index tensors and cross-device copies in these: not a mix.
+_MIX_OK = {"__getitem__", "__setitem__", "copy_", "index_put_", "index_put", "to", "cpu", "cuda",
+           "__get__", "__set__", "set_", "__format__", "__repr__", "__str__", "tolist", "item", "size", "dim"}
+
+
+_INDEXING = {"__getitem__", "__setitem__", "index_put_", "index_put"}
+
+
+class SimulatedCuda(TorchFunctionMode):
+    """Tracks which tensors would live on the GPU, and raises where a real GPU would."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "__get__":
+            prop = _GETTERS.get(getattr(func, "__self__", None))
+            if prop is not None and args and on_gpu(args[0]) and _caller_is_ours():
+                return {"device": torch.device("cuda", 0), "is_cuda": True, "is_cpu": False}[prop]
+            out = func(*args, **kwargs)
+            if args and on_gpu(args[0]) and isinstance(out, torch.Tensor):  # .data, .grad, .T, …
+                _mark(out)
+            return out
+        if name in _NUMPY:
+            if args and on_gpu(args[0]):
+                raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                                "tensor to host memory first. [rehearsal device audit: this tensor lives on the "
+                                "GPU in the gpu profile; convert it with course_utils.runtime.to_numpy]")
+            return func(*args, **kwargs)
+        if name == "cuda":
+            return _mark(args[0].view_as(args[0]) if args[0].requires_grad else args[0].detach().view_as(args[0]))
+        if name == "cpu":
+            src = args[0]
+            return _mark(src.view_as(src), False) if on_gpu(src) else func(*args, **kwargs)
+        if name == "to" and args and isinstance(args[0], torch.Tensor):
+            return self._to(func, args, kwargs)
+        if _FACTORY_KW in kwargs and _is_cuda_device(kwargs[_FACTORY_KW]):
+            kwargs = {**kwargs, _FACTORY_KW: _cpu_device(kwargs[_FACTORY_KW])}
+            return _mark(func(*args, **kwargs))
+        inputs = _tensors(args, []) + _tensors(kwargs, [])
+        gpu = [t for t in inputs if on_gpu(t)]
+        if name in _INDEXING and args and not on_gpu(args[0]) and len(args) > 1 and any(
+                on_gpu(t) and t.dim() > 0 for t in _tensors(args[1], [])):
+            where = _caller_is_ours()
+            if where:  # a CPU tensor indexed by GPU indices
+                raise DeviceAuditError(
+                    f"indices should be either on cpu or on the same device as the indexed tensor (cpu) at {where} "
+                    "[rehearsal device audit: the indices live on the GPU; move one side]")
+        if gpu and name not in _MIX_OK:
+            cpu = [t for t in inputs if not on_gpu(t) and t.dim() > 0]  # CUDA takes CPU scalars (0-dim)
+            if cpu:
+                where = _caller_is_ours()
+                if where:
+                    raise DeviceAuditError(
+                        f"Expected all tensors to be on the same device, but found at least two devices, cuda:0 "
+                        f"and cpu! ({name or func}: a CPU tensor of shape {tuple(cpu[0].shape)} meets GPU tensors "
+                        f"at {where}) [rehearsal device audit: move it with course_utils.runtime.to_device]")
+        out = func(*args, **kwargs)
+        if gpu:
+            _mark_all(out)
+        return out
+
+    @staticmethod
+    def _to(func, args, kwargs):
+        src, rest = args[0], list(args[1:])
+        target = kwargs.get("device")
+        pos = None
+        for i, a in enumerate(rest):
+            if isinstance(a, (str, torch.device)) or (isinstance(a, int) and not isinstance(a, bool)):
+                target, pos = a, i
+            elif isinstance(a, torch.Tensor):  # .to(other): device and dtype of other
+                target = torch.device("cuda", 0) if on_gpu(a) else a.device
+        if target is None:
+            out = func(*args, **kwargs)
+            return _mark(out, True) if on_gpu(src) and out is not src else out
+        to_gpu = _is_cuda_device(target)
+        if pos is not None:
+            rest[pos] = _cpu_device(target)
+        if "device" in kwargs:
+            kwargs = {**kwargs, "device": _cpu_device(target)}
+        rest = [torch.empty(0, dtype=a.dtype) if isinstance(a, torch.Tensor) else a for a in rest]
+        out = func(src, *rest, **kwargs)
+        if out is src:
+            if to_gpu == on_gpu(src):
+                return out
+            out = src.view_as(src)  # a real move makes a new tensor; here only the mark moves
+        return _mark(out, to_gpu)
+
+
+# --------------------------------------------------------------------------- models on the simulated GPU
+
+def place(model):
+    """Mark a model's parameters and buffers as GPU-resident and audit what our code feeds it."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        _mark(t)
+    if not getattr(model, "_course_audited", False):
+        model.register_forward_pre_hook(_check_inputs, with_kwargs=True)
+        model.register_forward_hook(_mark_outputs)
+        model._course_audited = True
+    model._course_on_gpu = True
+    return model
+
+
+def _check_inputs(module, args, kwargs):
+    if not getattr(module, "_course_on_gpu", False):  # a CPU copy of a placed model keeps the hook
+        return None
+    where = _caller_is_ours(skip=3, skip_modules=True)
+    if where is None:
+        return None
+    for t in _tensors(args, []) + _tensors(kwargs, []):
+        if t.dim() > 0 and not on_gpu(t) and t.dtype in (torch.long, torch.int, torch.bool) + _FLOATS:
+            raise DeviceAuditError(
+                f"{type(module).__name__} is on cuda:0 but got a CPU input of shape {tuple(t.shape)} at {where}: "
+                f"on a GPU this raises 'Expected all tensors to be on the same device'. [rehearsal device audit: "
+                f"move inputs with course_utils.runtime.to_device(batch, model)]")
+    return None
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _mark_outputs(module, args, output):
+    if not getattr(module, "_course_on_gpu", False):
+        return None
+    _mark_all(output if not hasattr(output, "to_tuple") else dict(output))
+    return None
+
+
+def _wrap_module_to(orig):
+    @functools.wraps(orig)
+    def to(self, *args, **kwargs):
+        device = kwargs.get("device")
+        for a in args:
+            if isinstance(a, (str, torch.device)) or (isinstance(a, int) and not isinstance(a, bool)):
+                device = a
+        out = orig(self, *args, **kwargs)
+        if device is not None and _is_cuda_device(device):
+            place(out)
+        elif device is not None:
+            for t in list(out.parameters()) + list(out.buffers()):
+                _mark(t, False)
+            out._course_on_gpu = False
+        return out
+    return to
+
+
+def _wrap_module_cpu(orig):
+    @functools.wraps(orig)
+    def cpu(self):
+        out = orig(self)
+        for t in list(out.parameters()) + list(out.buffers()):
+            _mark(t, False)
+        out._course_on_gpu = False
+        return out
+    return cpu
+
+
+def _wrap_module_cuda(orig):
+    @functools.wraps(orig)
+    def cuda(self, device=None):
+        return place(self)
+    return cuda
+
+
+def _wrap_from_pretrained(orig):
+    """``device_map`` naming the GPU loads on the CPU and places the model on the simulated GPU."""
+    @functools.wraps(orig)
+    def from_pretrained(*args, **kwargs):
+        dm = kwargs.get("device_map")
+        to_gpu = dm is not None and (_is_cuda_device(dm) or dm in ("auto", "sequential") or (
+            isinstance(dm, dict) and any(_is_cuda_device(v) for v in dm.values())))
+        if to_gpu:
+            kwargs["device_map"] = {"": "cpu"}
+        model = orig(*args, **kwargs)
+        if to_gpu and isinstance(model, torch.nn.Module):
+            place(model)
+        return model
+    return from_pretrained
+
+
+def _wrap_parameter_new(orig):
+    def __new__(cls, data=None, requires_grad=True):
+        p = orig(cls, data, requires_grad)
+        if on_gpu(data):
+            _mark(p)
+        return p
+    return __new__
+
+
+def _wrap_generate(orig):
+    @functools.wraps(orig)
+    def generate(self, *args, **kwargs):
+        where = _caller_is_ours()
+        if where and getattr(self, "_course_on_gpu", False):
+            for t in _tensors(args, []) + _tensors({k: v for k, v in kwargs.items() if k != "streamer"}, []):
+                if t.dim() > 0 and not on_gpu(t):
+                    raise DeviceAuditError(
+                        f"{type(self).__name__}.generate on cuda:0 got a CPU tensor of shape {tuple(t.shape)} at "
+                        f"{where} [rehearsal device audit: move inputs with course_utils.runtime.to_device]")
+        return orig(self, *args, **kwargs)
+    return generate
+
+
+_ACTIVE: list[SimulatedCuda] = []
+_LOCK = threading.Lock()
+
+
+def activate() -> bool:
+    """Turn on the simulated GPU and the audit in this process (idempotent); False if already on."""
+    with _LOCK:
+        if _ACTIVE:
+            return False
+        torch.nn.Module.to = _wrap_module_to(torch.nn.Module.to)
+        torch.nn.Module.cuda = _wrap_module_cuda(torch.nn.Module.cuda)
+        torch.nn.Module.cpu = _wrap_module_cpu(torch.nn.Module.cpu)
+        torch.nn.Parameter.__new__ = _wrap_parameter_new(torch.nn.Parameter.__new__)
+        import transformers
+        from transformers import GenerationMixin, PreTrainedModel
+
+        PreTrainedModel.from_pretrained = classmethod(_wrap_from_pretrained(PreTrainedModel.from_pretrained.__func__))
+        GenerationMixin.generate = _wrap_generate(GenerationMixin.generate)
+        for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModel"):
+            auto = getattr(transformers, name)
+            auto.from_pretrained = classmethod(_wrap_from_pretrained(auto.from_pretrained.__func__))
+        mode = SimulatedCuda()
+        mode.__enter__()
+        _ACTIVE.append(mode)
+        threading.Thread.run = _wrap_thread_run(threading.Thread.run)  # torch's mode stack is per thread
+        return True
+
+
+def _wrap_thread_run(orig):
+    @functools.wraps(orig)
+    def run(self):
+        with SimulatedCuda():
+            return orig(self)
+    return run
+
+
+# --------------------------------------------------------------------------- stand-in models
+
+def hub_cache() -> Path:
+    """The Hugging Face cache that holds the stand-ins (``COURSE_CACHE``/rehearsal-hub)."""
+    root = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "course-kit"))
+    return root / "rehearsal-hub"
+
+
+PHI3_TOKENS = ["<|user|>", "<|assistant|>", "<|end|>", "<|system|>"]
+PHI3_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
+                 "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}"
+                 "{{ eos_token }}{% endif %}")
+
+
+def _standin_specs(vocab: int, pad: int, eos: int) -> dict:
+    """id → (config class name, kwargs): the real architecture, scaled down to run in seconds on a CPU."""
+    ids = dict(vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, bos_token_id=eos)
+    # 6 blocks: lessons look inside blocks 3 and 5 of SmolLM2; the 49k-word vocabulary dominates the cost anyway.
+    llama = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, **ids)
+    return {
+        # SmolLM2 is a Llama; the 360M teacher is the same shape, larger than the student.
+        "HuggingFaceTB/SmolLM2-135M-Instruct": ("LlamaConfig", llama),
+        "HuggingFaceTB/SmolLM2-360M-Instruct": ("LlamaConfig", {**llama, "hidden_size": 96, "num_hidden_layers": 8,
+                                                                "intermediate_size": 192, "num_attention_heads": 6}),
+        "facebook/opt-125m": ("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                                num_attention_heads=4, word_embed_proj_dim=64,
+                                                max_position_embeddings=2048, **ids)),
+        # Unsloth's Phi-3-mini checkpoints are "mistralfied": Mistral layout, separate q/k/v/o and gate/up/down.
+        "unsloth/Phi-3-mini-4k-instruct-bnb-4bit": ("MistralConfig", dict(
+            hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            max_position_embeddings=4096, sliding_window=2047, tie_word_embeddings=False, **ids)),
+        # Microsoft's own Phi-3-mini: fused qkv_proj / gate_up_proj.
+        "microsoft/Phi-3-mini-4k-instruct": ("Phi3Config", dict(
+            hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            max_position_embeddings=4096, tie_word_embeddings=False, **ids)),
+        "google/flan-t5-small": ("T5Config", dict(
+            d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=pad,
+            vocab_size=vocab, pad_token_id=pad, eos_token_id=eos)),
+    }
+
+
+# The 16-bit checkpoint that nb07 merges into: the same stand-in weights as its 4-bit twin (on the hub the 4-bit
+# one is the quantized 16-bit one). The stand-ins are stored unquantized; the loaders quantize them at load.
+SAME_WEIGHTS = {"unsloth/Phi-3-mini-4k-instruct": "unsloth/Phi-3-mini-4k-instruct-bnb-4bit"}
+
+
+def _snapshot(repo_id: str) -> Path:
+    root = hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def build_standins(force: bool = False, verbose: bool = True) -> Path:
+    """Write every gpu-profile hub model as a small stand-in under its real id; return the cache folder."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from course_utils.models import REGISTRY, prepare_embedded
+
+    cache = hub_cache()
+    stamp = cache / "course_standins.json"
+    wanted = sorted({roles["gpu"] for roles in REGISTRY.values() if roles.get("gpu")} | set(SAME_WEIGHTS))
+    if not force and stamp.is_file():
+        info = json.loads(stamp.read_text())
+        if info.get("format") == STANDIN_FORMAT and info.get("ids") == wanted:
+            return cache
+    folder = prepare_embedded(verbose=verbose)
+    tok = AutoTokenizer.from_pretrained(folder)
+    missing = [i for i in wanted if SAME_WEIGHTS.get(i, i) not in _standin_specs(len(tok), 0, 0)]
+    if missing:
+        raise KeyError(f"no stand-in for gpu-profile model(s) {missing}: add them to rehearsal._standin_specs")
+    for repo_id in wanted:
+        torch.manual_seed(sorted(wanted).index(SAME_WEIGHTS.get(repo_id, repo_id)))  # twins: same weights
+        t = AutoTokenizer.from_pretrained(folder)   # SmolLM2's BPE: a tokenizer the project can build offline
+        if "Phi-3" in repo_id:                     # Phi-3's chat markers and template
+            t.add_special_tokens({"additional_special_tokens": PHI3_TOKENS})
+            t.chat_template = PHI3_TEMPLATE
+            t.eos_token = "<|end|>"
+        cls_name, kw = _standin_specs(len(t), t.pad_token_id, t.eos_token_id)[SAME_WEIGHTS.get(repo_id, repo_id)]
+        config = getattr(transformers, cls_name)(**kw)
+        auto = AutoModelForSeq2SeqLM if cls_name == "T5Config" else AutoModelForCausalLM
+        model = auto.from_config(config)
+        snap = _snapshot(repo_id)
+        model.save_pretrained(snap, safe_serialization=True)
+        t.save_pretrained(snap)
+        if verbose:
+            n = sum(p.numel() for p in model.parameters())
+            print(f"stand-in {repo_id:<42} {type(model).__name__:<28} {n / 1e6:5.2f} M params")
+    stamp.write_text(json.dumps({"format": STANDIN_FORMAT, "ids": wanted}))
+    return cache
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.rehearsal build [--force]``: write the stand-in cache and print its folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m course_utils.rehearsal")
+    ap.add_argument("command", choices=["build", "cache"])
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    if args.command == "cache":
+        print(hub_cache())
+        return 0
+    print(build_standins(force=args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
