@@ -65,7 +65,10 @@ def sft_config(**kwargs):
 
     The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
     CPU in fp32. TRL turns bf16 on by default even on CPU, where it measured 14× slower on this course's
-    machines; on a GPU ``runtime.precision_flags`` picks bf16 (Ampere+) or fp16 (T4).
+    machines; on a GPU ``runtime.precision_flags`` picks bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
+    checkpointing on by default, which recomputes activations every step (issue 18 measured a LoRA step at 1.65×
+    the plain PyTorch step with it, 1.33× without; ``python -m course_utils.bench efficiency`` measures both):
+    here it is off unless the caller asks, ``sft_config(..., gradient_checkpointing=True)``.
     """
     from trl import SFTConfig
 
@@ -73,7 +76,7 @@ def sft_config(**kwargs):
 
     device = settings().device
     defaults = dict(**precision_flags(device), use_cpu=device == "cpu", report_to="none", save_strategy="no",
-                    logging_steps=1, dataloader_num_workers=0)
+                    logging_steps=1, dataloader_num_workers=0, gradient_checkpointing=False)
     return SFTConfig(**{**defaults, **kwargs})
 
 

@@ -53,3 +53,19 @@ def test_sft_trainer_trains_on_cpu(tmp_path, tiny_llama):
     hist = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert torch.isfinite(torch.tensor(hist.training_loss)) and losses[-1] < losses[0]
+    assert not trainer.model.is_gradient_checkpointing   # sft_config's default: no recomputation
+
+
+def test_sft_config_turns_gradient_checkpointing_on_only_when_asked(tmp_path):
+    """TRL's SFTConfig checkpoints by default (a slower step); sft_config keeps it off unless the caller asks."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from course_utils.trl_compat import sft_config
+
+    assert {f.name: f.default for f in dataclasses.fields(SFTConfig)}["gradient_checkpointing"] is True  # TRL's
+    default = sft_config(output_dir=str(tmp_path))
+    assert default.gradient_checkpointing is False
+    assert sft_config(output_dir=str(tmp_path), gradient_checkpointing=True).gradient_checkpointing is True
+    assert (default.report_to, default.save_strategy, default.logging_steps) == ([], "no", 1)  # the rest as before
