@@ -3,6 +3,7 @@
     $ python -m course_utils.bench quant     # our NF4 quantize+dequantize vs bitsandbytes, 4096×4096
     $ python -m course_utils.bench qlora     # plain transformers+peft+bnb QLoRA vs Unsloth (GPU; tiny on CPU)
     $ python -m course_utils.bench chatbot   # feedback writes/s, one training round, UI latency under training
+    $ python -m course_utils.bench efficiency   # LoRA/QLoRA/full steps and generation vs the machine's own limits
     $ python -m course_utils.bench all
 """
 
@@ -31,8 +32,15 @@ def _chatbot() -> dict:
             "ui_latency": bench_ui_latency()}
 
 
-BENCHES = {"quant": _quant, "qlora": _qlora, "chatbot": _chatbot}
-MODULES = {"quant": "course_utils.quant", "qlora": "course_utils.qlora", "chatbot": "course_utils.chatbot"}
+def _efficiency() -> dict:
+    from course_utils.bench_efficiency import run
+
+    return run()
+
+
+BENCHES = {"quant": _quant, "qlora": _qlora, "chatbot": _chatbot, "efficiency": _efficiency}
+MODULES = {"quant": "course_utils.quant", "qlora": "course_utils.qlora", "chatbot": "course_utils.chatbot",
+           "efficiency": "course_utils.bench_efficiency"}
 
 
 def available(name: str) -> bool:
