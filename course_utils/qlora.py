@@ -363,6 +363,33 @@ def loss_split(tokenizer, example: dict) -> tuple[str, str]:
     return split_by_labels(tokenizer, ids, [t if m else -100 for t, m in zip(ids, mask)])
 
 
+def collated_loss_split(trainer, index: int = 0) -> tuple[str, str]:
+    """(text without loss, text with loss) of row ``index`` as the trainer's collator batches it for training.
+
+    This is what the loss sees, whichever route set the labels (TRL's ``completion_only_loss`` or Unsloth's
+    ``train_on_responses_only``, which rewrites the dataset's labels and the collator).
+    """
+    batch = trainer.data_collator([trainer.train_dataset[index]])
+    ids = batch["input_ids"][0].tolist()
+    if "labels" in batch:
+        labels = batch["labels"][0].tolist()
+    else:  # pragma: no cover - TRL versions that pass a mask instead of labels
+        mask = batch.get("completion_mask", batch.get("assistant_masks"))[0].tolist()
+        labels = [t if m else -100 for t, m in zip(ids, mask)]
+    if "attention_mask" in batch:
+        keep = batch["attention_mask"][0].tolist()
+        ids, labels = [t for t, k in zip(ids, keep) if k], [t for t, k in zip(labels, keep) if k]
+    return split_by_labels(trainer.processing_class, ids, labels)
+
+
+# The chat markers Unsloth's ``train_on_responses_only`` splits on: everything up to the response marker is
+# masked, the assistant's answer after it trains. Keyed by ``unsloth.chat_templates`` template name.
+RESPONSE_MARKERS = {
+    "phi-3": ("<|user|>\n", "<|assistant|>\n"),
+    "chatml": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+}
+
+
 # --------------------------------------------------------------------------- translation and chrF
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -38,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 COURSE_DIR = str(Path(__file__).resolve().parent)
 _AUDIT_FILE = str(Path(__file__).resolve())
 TAG = "_course_on_gpu"
-STANDIN_FORMAT = 3  # bump when the stand-ins change: older caches are rebuilt
+STANDIN_FORMAT = 4  # bump when the stand-ins change: older caches are rebuilt
 
 
 class DeviceAuditError(RuntimeError):
@@ -217,26 +218,36 @@ def place(model):
     for t in list(model.parameters()) + list(model.buffers()):
         _mark(t)
     if not getattr(model, "_course_audited", False):
-        model.register_forward_pre_hook(_check_inputs, with_kwargs=True)
         model.register_forward_hook(_mark_outputs)
         model._course_audited = True
     model._course_on_gpu = True
     return model
 
 
-def _check_inputs(module, args, kwargs):
-    if not getattr(module, "_course_on_gpu", False):  # a CPU copy of a placed model keeps the hook
-        return None
-    where = _caller_is_ours(skip=3, skip_modules=True)
-    if where is None:
-        return None
+def _on_gpu_module(module) -> bool:
+    """True if ``module`` or a module inside it (a peft wrapper's base model) was placed on the simulated GPU."""
+    return getattr(module, "_course_on_gpu", False) or any(getattr(m, "_course_on_gpu", False)
+                                                           for m in module.modules())
+
+
+def _check_inputs(module, args, kwargs, where: str) -> None:
     for t in _tensors(args, []) + _tensors(kwargs, []):
         if t.dim() > 0 and not on_gpu(t) and t.dtype in (torch.long, torch.int, torch.bool) + _FLOATS:
             raise DeviceAuditError(
                 f"{type(module).__name__} is on cuda:0 but got a CPU input of shape {tuple(t.shape)} at {where}: "
                 f"on a GPU this raises 'Expected all tensors to be on the same device'. [rehearsal device audit: "
                 f"move inputs with course_utils.runtime.to_device(batch, model)]")
-    return None
+
+
+def _wrap_module_call(orig):
+    """Every model our code calls is checked: its tensor inputs must be where its weights are."""
+    @functools.wraps(orig)
+    def __call__(self, *args, **kwargs):
+        f = sys._getframe(1)
+        if _is_ours(f.f_code.co_filename) and _on_gpu_module(self):
+            _check_inputs(self, args, kwargs, f"{f.f_code.co_filename}:{f.f_lineno}")
+        return orig(self, *args, **kwargs)
+    return __call__
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -314,7 +325,7 @@ def _wrap_generate(orig):
     @functools.wraps(orig)
     def generate(self, *args, **kwargs):
         where = _caller_is_ours()
-        if where and getattr(self, "_course_on_gpu", False):
+        if where and _on_gpu_module(self):
             for t in _tensors(args, []) + _tensors({k: v for k, v in kwargs.items() if k != "streamer"}, []):
                 if t.dim() > 0 and not on_gpu(t):
                     raise DeviceAuditError(
@@ -333,23 +344,92 @@ def activate() -> bool:
     with _LOCK:
         if _ACTIVE:
             return False
+        torch.nn.Module.__call__ = _wrap_module_call(torch.nn.Module.__call__)
         torch.nn.Module.to = _wrap_module_to(torch.nn.Module.to)
         torch.nn.Module.cuda = _wrap_module_cuda(torch.nn.Module.cuda)
         torch.nn.Module.cpu = _wrap_module_cpu(torch.nn.Module.cpu)
         torch.nn.Parameter.__new__ = _wrap_parameter_new(torch.nn.Parameter.__new__)
-        import transformers
-        from transformers import GenerationMixin, PreTrainedModel
-
-        PreTrainedModel.from_pretrained = classmethod(_wrap_from_pretrained(PreTrainedModel.from_pretrained.__func__))
-        GenerationMixin.generate = _wrap_generate(GenerationMixin.generate)
-        for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModel"):
-            auto = getattr(transformers, name)
-            auto.from_pretrained = classmethod(_wrap_from_pretrained(auto.from_pretrained.__func__))
+        # transformers and Unsloth are patched when first imported, so that the notebooks' import order (Unsloth
+        # before transformers, as Unsloth asks) stays what it is outside the rehearsal.
+        _after_import("transformers", _patch_transformers)
+        _after_import("unsloth", _patch_unsloth)
+        _after_import("peft", _patch_peft)
         mode = SimulatedCuda()
         mode.__enter__()
         _ACTIVE.append(mode)
         threading.Thread.run = _wrap_thread_run(threading.Thread.run)  # torch's mode stack is per thread
         return True
+
+
+def _patch_transformers(transformers) -> None:
+    from transformers import GenerationMixin, PreTrainedModel
+
+    for cls in [PreTrainedModel] + [getattr(transformers, n) for n in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM",
+                                                                       "AutoModel")]:
+        if not getattr(cls.from_pretrained, "_course_wrapped", False):
+            wrapped = _wrap_from_pretrained(cls.from_pretrained.__func__)
+            wrapped._course_wrapped = True
+            cls.from_pretrained = classmethod(wrapped)
+    if not getattr(GenerationMixin.generate, "_course_wrapped", False):
+        GenerationMixin.generate = _wrap_generate(GenerationMixin.generate)
+        GenerationMixin.generate._course_wrapped = True
+
+
+def _patch_peft(peft) -> None:
+    """peft's wrappers have their own ``generate``: audit what our code passes to it too."""
+    for cls in (peft.PeftModel, peft.PeftModelForCausalLM, peft.PeftModelForSeq2SeqLM):
+        if "generate" in cls.__dict__ and not getattr(cls.__dict__["generate"], "_course_wrapped", False):
+            wrapped = _wrap_generate(cls.__dict__["generate"])
+            wrapped._course_wrapped = True
+            cls.generate = wrapped
+
+
+def _patch_unsloth(unsloth) -> None:
+    """Unsloth loads onto the GPU it finds; here it finds none, so its models are placed on the simulated one."""
+    flm = unsloth.FastLanguageModel
+    orig = flm.from_pretrained
+
+    @functools.wraps(orig)
+    def from_pretrained(*args, **kwargs):
+        model, tok = orig(*args, **kwargs)
+        return place(model), tok
+
+    flm.from_pretrained = staticmethod(from_pretrained)
+    _patch_transformers(sys.modules["transformers"])  # again: Unsloth replaces some of transformers' loaders
+
+def _after_import(name: str, patch) -> None:
+    """Call ``patch(module)`` once ``name`` is imported (now, if it already is)."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+        return
+    import importlib.abc
+    import importlib.util
+
+    class Finder(importlib.abc.MetaPathFinder):
+        busy = False
+
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name or self.busy:
+                return None
+            self.busy = True  # a plain find_spec (an "is it installed?" check) must not consume the hook
+            try:
+                spec = importlib.util.find_spec(fullname)
+            finally:
+                self.busy = False
+            if spec is None or spec.loader is None:
+                return None
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                patch(sys.modules.get(name, module))  # transformers swaps in a lazy module while importing
+
+            spec.loader.exec_module = exec_and_patch
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 def _wrap_thread_run(orig):
@@ -403,9 +483,10 @@ def _standin_specs(vocab: int, pad: int, eos: int) -> dict:
     }
 
 
-# The 16-bit checkpoint that nb07 merges into: the same stand-in weights as its 4-bit twin (on the hub the 4-bit
-# one is the quantized 16-bit one). The stand-ins are stored unquantized; the loaders quantize them at load.
-SAME_WEIGHTS = {"unsloth/Phi-3-mini-4k-instruct": "unsloth/Phi-3-mini-4k-instruct-bnb-4bit"}
+# Pre-quantized checkpoints, as on the hub: the 4-bit one is its 16-bit twin quantized by bitsandbytes (NF4, double
+# quant) and saved with its quantization_config, so Unsloth and transformers load it as they load the real one.
+PREQUANTIZED = {"unsloth/Phi-3-mini-4k-instruct-bnb-4bit": "unsloth/Phi-3-mini-4k-instruct"}
+SAME_WEIGHTS = {v: k for k, v in PREQUANTIZED.items()}  # the 16-bit twin has the 4-bit one's architecture
 
 
 def _snapshot(repo_id: str) -> Path:
@@ -428,6 +509,7 @@ def build_standins(force: bool = False, verbose: bool = True) -> Path:
     cache = hub_cache()
     stamp = cache / "course_standins.json"
     wanted = sorted({roles["gpu"] for roles in REGISTRY.values() if roles.get("gpu")} | set(SAME_WEIGHTS))
+    wanted_16 = [i for i in wanted if i not in PREQUANTIZED]
     if not force and stamp.is_file():
         info = json.loads(stamp.read_text())
         if info.get("format") == STANDIN_FORMAT and info.get("ids") == wanted:
@@ -437,8 +519,8 @@ def build_standins(force: bool = False, verbose: bool = True) -> Path:
     missing = [i for i in wanted if SAME_WEIGHTS.get(i, i) not in _standin_specs(len(tok), 0, 0)]
     if missing:
         raise KeyError(f"no stand-in for gpu-profile model(s) {missing}: add them to rehearsal._standin_specs")
-    for repo_id in wanted:
-        torch.manual_seed(sorted(wanted).index(SAME_WEIGHTS.get(repo_id, repo_id)))  # twins: same weights
+    for repo_id in wanted_16:
+        torch.manual_seed(wanted.index(repo_id))
         t = AutoTokenizer.from_pretrained(folder)   # SmolLM2's BPE: a tokenizer the project can build offline
         if "Phi-3" in repo_id:                     # Phi-3's chat markers and template
             t.add_special_tokens({"additional_special_tokens": PHI3_TOKENS})
@@ -454,6 +536,20 @@ def build_standins(force: bool = False, verbose: bool = True) -> Path:
         if verbose:
             n = sum(p.numel() for p in model.parameters())
             print(f"stand-in {repo_id:<42} {type(model).__name__:<28} {n / 1e6:5.2f} M params")
+    for repo_id, twin in PREQUANTIZED.items():
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float16)
+        src = _snapshot(twin)
+        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=q, device_map={"": "cpu"},
+                                                     dtype=torch.float16)
+        snap = _snapshot(repo_id)
+        shutil.rmtree(snap)
+        model.save_pretrained(snap, safe_serialization=True)
+        AutoTokenizer.from_pretrained(src).save_pretrained(snap)
+        if verbose:
+            print(f"stand-in {repo_id:<42} {type(model).__name__:<28} NF4 from {twin}")
     stamp.write_text(json.dumps({"format": STANDIN_FORMAT, "ids": wanted}))
     return cache
 

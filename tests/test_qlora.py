@@ -79,6 +79,34 @@ def test_course_unsloth_0_forces_the_fallback(monkeypatch):
     assert qlora.detect_backend(verbose=False, refresh=True).name == "peft"
 
 
+def test_a_broken_unsloth_on_a_gpu_stops_the_lesson_loudly(no_unsloth, monkeypatch):
+    """On a GPU the lesson is Unsloth's: a failed import must not quietly become the plain path."""
+    from course_utils import runtime
+
+    monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
+    with pytest.raises(RuntimeError, match="`import unsloth` failed on this GPU machine"):
+        qlora.detect_backend(verbose=False, refresh=True)
+    monkeypatch.setenv("COURSE_UNSLOTH", "0")          # the explicit opt-in to the plain path still works
+    assert qlora.detect_backend(verbose=False, refresh=True).name == "peft"
+
+
+def test_collated_loss_split_reads_the_labels_the_collator_builds():
+    class Tok:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    class Trainer:
+        processing_class = Tok()
+        train_dataset = [{"input_ids": [5, 6, 7, 8]}]
+
+        @staticmethod
+        def data_collator(rows):
+            return {"input_ids": torch.tensor([[5, 6, 7, 8, 0]]), "labels": torch.tensor([[-100, -100, 7, 8, -100]]),
+                    "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+
+    assert qlora.collated_loss_split(Trainer()) == ("5 6", "7 8")
+
+
 # --------------------------------------------------------------------------- fallback: load, train, reload
 
 def test_fallback_trains_only_lora_and_the_adapter_reloads_identically(no_unsloth, tiny_checkpoint, tmp_path):

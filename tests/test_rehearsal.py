@@ -68,7 +68,7 @@ def test_every_gpu_model_has_a_stand_in():
     for role, ids in REGISTRY.items():
         if ids["gpu"]:
             assert ids["gpu"] in specs, f"role {role}: no stand-in for {ids['gpu']}"
-    assert all(twin in specs for twin in SAME_WEIGHTS.values())
+    assert all(arch in specs for arch in SAME_WEIGHTS.values())
     # Unsloth's Phi-3-mini checkpoints are Mistral-layout ("mistralfied"); Microsoft's is fused Phi-3.
     assert specs["unsloth/Phi-3-mini-4k-instruct-bnb-4bit"][0] == "MistralConfig"
     assert specs["microsoft/Phi-3-mini-4k-instruct"][0] == "Phi3Config"
