@@ -128,6 +128,7 @@ _MIX_OK = {"__getitem__", "__setitem__", "copy_", "index_put_", "index_put", "to
            "__get__", "__set__", "set_", "__format__", "__repr__", "__str__", "tolist", "item", "size", "dim"}
 
 
+_CPU_ONLY_OPS = ("quantized.",)  # torch.ops.quantized.*: fbgemm/onednn kernels, no CUDA ones
 _INDEXING = {"__getitem__", "__setitem__", "index_put_", "index_put"}
 
 
@@ -163,6 +164,10 @@ class SimulatedCuda(TorchFunctionMode):
             return _mark(func(*args, **kwargs))
         inputs = _tensors(args, []) + _tensors(kwargs, [])
         gpu = [t for t in inputs if on_gpu(t)]
+        if gpu and str(func).startswith(_CPU_ONLY_OPS):
+            raise NotImplementedError(
+                f"Could not run '{func}' with arguments from the 'CUDA' backend. [rehearsal device audit: this "
+                "operator has CPU kernels only (torch.ao dynamic quantization); run it on a CPU copy]")
         if name in _INDEXING and args and not on_gpu(args[0]) and len(args) > 1 and any(
                 on_gpu(t) and t.dim() > 0 for t in _tensors(args[1], [])):
             where = _caller_is_ours()

@@ -37,6 +37,13 @@ attempt("bucketize against cpu boundaries", lambda: torch.bucketize(y, torch.ten
 attempt("factory on the gpu", lambda: y + torch.ones(3, device=y.device))
 attempt("cpu tensor indexed by gpu indices", lambda: torch.zeros(5)[y.argmax(-1).flatten()])
 attempt("device of a gpu tensor", lambda: (_ for _ in ()).throw(RuntimeError(str(y.device))) if str(y.device) != "cuda:0" else None)
+import warnings
+warnings.simplefilter("ignore")
+from torch.ao.quantization import quantize_dynamic
+lin = torch.nn.Sequential(torch.nn.Linear(4, 4))
+qlin = quantize_dynamic(lin, {torch.nn.Linear}, dtype=torch.qint8)
+attempt("cpu-only kernel on gpu input", lambda: qlin(torch.randn(2, 4).to("cuda")))
+attempt("cpu-only kernel on cpu input", lambda: qlin(torch.randn(2, 4)))
 attempt("module back to cpu", lambda: model.cpu()(ids))
 print("RESULT" + json.dumps(out))
 '''
@@ -51,12 +58,13 @@ def test_device_audit_catches_what_a_gpu_would(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
     for name in ("cpu input to the gpu model", "numpy of a gpu tensor", "matplotlib-style np.asarray",
-                 "cpu constant in gpu math", "bucketize against cpu boundaries", "cpu tensor indexed by gpu indices"):
+                 "cpu constant in gpu math", "bucketize against cpu boundaries", "cpu tensor indexed by gpu indices",
+                 "cpu-only kernel on gpu input"):
         assert res[name] != "ok", f"the audit missed: {name}"
     assert "DeviceAuditError" in res["cpu input to the gpu model"]
     assert "can't convert cuda:0" in res["numpy of a gpu tensor"]
     for name in ("moved input", "numpy through to_numpy", "cpu scalar in gpu math", "factory on the gpu",
-                 "device of a gpu tensor", "module back to cpu"):
+                 "device of a gpu tensor", "module back to cpu", "cpu-only kernel on cpu input"):
         assert res[name] == "ok", f"correct code failed in the rehearsal: {name}: {res[name]}"
 
 
