@@ -12,6 +12,9 @@ What the command does and why:
   token and prints the ``…/lab?token=…`` URL; options that would empty the token or password are refused.
 - It binds to ``127.0.0.1`` unless asked otherwise (``LAB_IP`` / ``--ip``). A container user passes
   ``LAB_IP=0.0.0.0`` explicitly; the token is then the only thing between the port and a Python shell.
+- It serves ``notebooks/`` (``--notebook-dir``), not the repository root: the notebooks need nothing outside
+  it, since their concept images are cell attachments written from ``images/`` by
+  ``python -m course_utils.course images`` (a ``../images/`` link would 404 here, and on Colab).
 - No "Would you like to get notified about official Jupyter news?" toast (it covers the chat's Send button on
   first start): ``course_utils/lab_settings/overrides.json`` sets the notification defaults to "never fetch
   news" and no update check, and ``--LabApp.news_url=None`` stops the server fetching the feed at all. A
