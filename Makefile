@@ -52,7 +52,24 @@ rehearse-gpu: setup
 	  --nbval-current-env --nbval-cell-timeout=300 $(REHEARSED:%=notebooks/%.ipynb) -p no:cacheprovider \
 	  --durations=0 -q
 
-test: lint unit notebooks rehearse-gpu
+# A real browser opens `make lab`'s JupyterLab as a learner does (tests/browser/, about 2-3 min): Debian's
+# headless chromium + chromium-driver driven by selenium, installed here when missing (root: apt-get; otherwise
+# the command to run is printed). Screenshots and the server log land in outputs/screenshots/.
+browser-test: setup
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser-test: installing Debian's chromium + chromium-driver (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	      fonts-noto-cjk fonts-noto-color-emoji || exit 1; \
+	  else \
+	    echo "browser-test needs Debian's chromium and chromium-driver, not found. Install them as root:" >&2; \
+	    echo "  sudo apt-get install -y chromium chromium-driver fonts-noto-cjk fonts-noto-color-emoji" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	COURSE_BROWSER_TEST=1 $(PY) -m pytest tests/browser -q -p no:cacheprovider -rfE --durations=5
+
+test: lint unit notebooks rehearse-gpu browser-test
 
 images: setup
 	$(PY) -m course_utils.images
