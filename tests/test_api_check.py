@@ -63,8 +63,8 @@ def test_renamed_sftconfig_keyword_in_a_notebook_copy_fails_with_name_and_cell(t
 
 def test_removed_trainer_keyword_fails(tmp_path):
     """SFTTrainer(tokenizer=…) became processing_class=…; the real nb07 cell with the old keyword fails."""
-    nb, cell = _edit_copy(NB07, tmp_path, "processing_class=tokenizer,\n                     callbacks",
-                          "tokenizer=tokenizer,\n                     callbacks")
+    nb, cell = _edit_copy(NB07, tmp_path, "train_dataset=text_ds, processing_class=tokenizer,",
+                          "train_dataset=text_ds, tokenizer=tokenizer,")
     assert [str(p) for p in check([notebook_unit(nb)]).problems] == [
         f"notebook 07 cell {cell}: trl.SFTTrainer got unknown keyword 'tokenizer'"]
 
