@@ -17,7 +17,7 @@ NB_ENV      := COURSE_PROFILE=cpu COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_O
 REHEARSE_ENV := COURSE_PROFILE=gpu COURSE_REHEARSAL=1 COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
                TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 
-.PHONY: setup lab test lint unit notebooks rehearse-gpu images badges strip bench clean
+.PHONY: setup lab test lint unit notebooks rehearse-gpu gpu-check images badges strip bench clean
 
 setup: $(STAMP)
 
@@ -42,15 +42,16 @@ unit: setup
 notebooks: setup
 	$(NB_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks -p no:cacheprovider --durations=0 -q
 
-# Notebook 07 (Unsloth's 4-bit Phi-3) is not rehearsed yet: its stand-in must be a pre-quantized bnb-4bit checkpoint.
-REHEARSED   := 00_setup_and_tour 01_fine_tuning_basics 02_peft_methods 03_lora_math 04_quantization 05_pruning \
-               06_distillation 08_instruction_tuning 09_capstone_tax_chatbot 10_scaling_out
-
 rehearse-gpu: setup
 	$(PY) -m course_utils.rehearsal build
 	HF_HUB_CACHE=$$($(PY) -m course_utils.rehearsal cache) $(REHEARSE_ENV) $(PY) -m pytest --nbval-lax \
-	  --nbval-current-env --nbval-cell-timeout=300 $(REHEARSED:%=notebooks/%.ipynb) -p no:cacheprovider \
+	  --nbval-current-env --nbval-cell-timeout=300 notebooks -p no:cacheprovider \
 	  --durations=0 -q
+
+# On a CUDA machine: every notebook in the gpu profile on the stand-ins, then the QLoRA benchmark, one report.
+# WHEELS=DIR: bitsandbytes/trl/unsloth wheels for a machine without them (made with scripts/gpu_check.py --download).
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS))
 
 # A real browser opens `make lab`'s JupyterLab as a learner does (tests/browser/, about 2-3 min): Debian's
 # headless chromium + chromium-driver driven by selenium, installed here when missing (root: apt-get; otherwise

@@ -323,11 +323,21 @@ def env_report() -> dict:
 
 
 def print_env() -> dict:
-    """Print the environment report (first cell of every notebook) and return it."""
+    """Print the environment report (first cell of every notebook) and return it.
+
+    It first installs the course's filters for known harmless library messages (``course_utils.quiet``), so that
+    they are in place before bitsandbytes, peft or Unsloth are imported.
+    """
+    from course_utils.quiet import quiet_known_warnings
+
+    quiet_known_warnings()
     report = env_report()
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}} : {value}")
     print("sizes".ljust(width), ":", {k: v for k, v in asdict(settings()).items()
                                         if k not in ("profile", "device", "threads", "rehearsal")})
+    from course_utils.preflight import preflight_line
+
+    print("preflight".ljust(width), ":", preflight_line())  # notebook 00 prints the whole preflight
     return report

@@ -96,3 +96,13 @@ def test_nbval_output_wait_is_raised_for_notebook_cells():
     cell, other = IPyNbCell(), Other()
     root.pytest_collection_modifyitems([cell, other])
     assert cell.output_timeout == root.NBVAL_OUTPUT_TIMEOUT_S and other.output_timeout == 5
+
+
+def test_colab_setup_cell_keeps_colabs_torch_and_widgets_and_says_when_to_restart():
+    src = course.setup_cell_source()
+    compile(src, "setup cell", "exec")
+    pip_lines = [ln for ln in src.splitlines() if "pip install" in ln]
+    assert not any(re.search(r"'(torch|ipywidgets)[=<>]", ln) for ln in pip_lines), "Colab's builds must stay"
+    assert any("--no-deps" in ln and "unsloth==" in ln for ln in pip_lines), "Unsloth without its dependencies"
+    assert any("cut_cross_entropy" in ln and "xformers" in ln for ln in pip_lines), "Unsloth's CUDA extras"
+    assert "enable_custom_widget_manager" in src and "Restart session" in src
