@@ -175,8 +175,10 @@ def probe(cpuinfo: str | None = None) -> Facts:
 
 @dataclass(frozen=True)
 class Step:
-    """One moment of a notebook: ``shape`` trained with ``method`` (or run, ``"inference"``) on a batch of
-    ``batch × seq_len`` tokens while the models in ``resident`` are held too.
+    """One moment of a notebook: ``shape`` trained with ``method`` (``full``, ``lora``, ``qlora``), run
+    (``inference``), held (``weights``) or being loaded on a CPU (``load``: the memory-mapped file's pages and the
+    copy ``models.load_model`` makes), on a batch of ``batch × seq_len`` tokens, while the models in ``resident``
+    are held too.
 
     weight_bytes: bytes per weight of the trained model (and of everything not quantized in QLoRA);
     resident: (shape, method, weight_bytes) of each other model alive meanwhile, counted by its weights.
@@ -193,9 +195,9 @@ class Step:
     resident: tuple = ()
 
     def nbytes(self) -> float:
-        if self.method == "load":  # on a CPU: the memory-mapped file's pages and the copy load_model makes
-            return 2 * self.shape.params * self.weight_bytes + sum(weights_bytes(*m) for m in self.resident)
-        if self.method == "inference":
+        if self.method in ("load", "weights"):  # a model held; "load" on a CPU: its file's pages and the copy
+            own = (2 if self.method == "load" else 1) * self.shape.params * self.weight_bytes
+        elif self.method == "inference":
             s = self.shape
             kv_cache = 2 * s.layers * s.kv_dim * self.weight_bytes
             own = s.params * self.weight_bytes + self.batch * self.seq_len * (kv_cache + 4 * s.vocab)
@@ -232,52 +234,57 @@ def notebook_steps(s: runtime.Settings, weight_bytes: int) -> dict[str, list[Ste
     # notebook 06's student: the teacher with STUDENT_PRUNE = 0.5 of its MLP channels removed
     student = ModelShape(f"{teacher.name} student", teacher.layers, teacher.hidden, teacher.intermediate // 2,
                          teacher.heads, teacher.kv_dim, teacher.vocab, teacher.tied)
-    gpu07 = p == "gpu"
-    seq07, batch07 = (2048, 2) if gpu07 else (128, 4)  # notebook 07's own SIZES
-    merged_bytes = weight_bytes if gpu07 else 4  # LOGITS_DTYPE: the 16-bit file as is on a GPU, fp32 on a CPU
+    seq07, batch07 = (2048, 2) if p == "gpu" else (128, 4)  # notebook 07's own SIZES
+    cpu = s.device == "cpu"
+    load = "load" if cpu else "weights"
+    four_bit = ((translator, "qlora", weight_bytes),) * 2  # nb07's trained model and the reloaded fresh base
     plans = {
         "00_setup_and_tour": [
             Step("generate a reply", chat, "inference", weight_bytes, 1, t + s.max_new_tokens)],
         "01_fine_tuning_basics": [
-            Step("full fine-tune of a copy in fp32 (the base and the first fine-tuned model kept)", chat, "full", 4,
+            Step("full fine-tuning of a copy in fp32, base + 1 copy held", chat, "full", 4,
                  b, min(t, 40), resident=((chat, *fp32), (chat, *fp32)))],
         "02_peft_methods": [
-            Step("full fine-tune of a copy in fp32 (the base kept)", chat, "full", 4, b, min(t, 32),
+            Step("full fine-tuning of a copy in fp32, base held", chat, "full", 4, b, min(t, 32),
                  resident=((chat, *fp32),))],
         "03_lora_math": [
-            Step("LoRA r=8 on a copy in fp32 (the model and a second copy kept)", chat, "lora", 4, b, t, r=8,
+            Step("LoRA r=8 on a copy in fp32, 2 copies held", chat, "lora", 4, b, t, r=8,
                  resident=((chat, *fp32), (chat, *fp32)))],
         "04_quantization": [
-            Step("QAT: full fine-tune of a copy in fp32 (the model and its CPU copy kept)", chat, "full", 4, b,
+            Step("QAT (full fine-tuning in fp32), 2 copies held", chat, "full", 4, b,
                  t // 2, resident=((chat, *fp32), (chat, *fp32)))],
         "05_pruning": [
-            Step("LoRA r=8 recovery of the pruned model", chat, "lora", weight_bytes, b, t, r=8)],
+            Step("LoRA r=8 recovery after pruning", chat, "lora", weight_bytes, b, t, r=8)],
         "06_distillation": [
-            Step("sequence-level KD: full fine-tune of a student in fp32 (teacher, pruned copy, first student kept)",
+            Step("sequence-level KD of the student in fp32, teacher + 2 students held",
                  student, "full", 4, max(1, b // 2), 2 * t, resident=((teacher, *fp32), (student, *fp32),
                                                                       (student, *fp32)))],
         "07_qlora_unsloth_translation": [
-            Step("QLoRA r=16 training (4-bit base, gradient checkpointing)", translator, "qlora", weight_bytes,
+            Step("QLoRA r=16 training, gradient checkpointing", translator, "qlora", weight_bytes,
                  batch07, seq07, checkpointing=True),
-            Step("merged 16-bit check (trained and reloaded 4-bit models kept)", translator, "inference",
-                 merged_bytes, 2, 16, resident=((translator, "qlora", weight_bytes),
-                                                (translator, "qlora", weight_bytes)))],
+            # qlora.export_merged → merge_16bit: the unquantized base loaded in the compute dtype and merged (cast
+            # to 16 bits on a CPU), while the trained and the reloaded 4-bit models are still held
+            Step("16-bit export (merge), two 4-bit models held", translator, load, weight_bytes, 0, 0,
+                 resident=four_bit + (((translator, "full", 2),) if cpu else ())),
+            # the merged model read back (LOGITS_DTYPE: its 16-bit file as is on a GPU, fp32 on a CPU)
+            Step("merged model read back, two 4-bit models held", translator, load,
+                 weight_bytes if not cpu else 4, 0, 0, resident=four_bit)],
         "08_instruction_tuning": [
             # nothing is freed: by the recipe section four SmolLM2 copies are held (co, base, fs, hi) while a
             # fifth model (causal_lm: the embedded one on a CPU, opt-125m on a GPU) trains
-            Step("LoRA training with four other copies of the model kept", chat, "lora",
+            Step("LoRA SFT, 4 other copies held", chat, "lora",
                  weight_bytes, b, t + 32, r=8, resident=((chat, "full", weight_bytes),) * 4)],
         "09_capstone_tax_chatbot": [
-            Step("a training round: LoRA r=8 (the serving model shares the weights)", chat, "lora", weight_bytes,
+            Step("a LoRA r=8 training round", chat, "lora", weight_bytes,
                  b, 2 * t, r=8)],
         "10_scaling_out": [
-            Step("a few full fine-tuning steps in fp32", chat, "full", 4, 2, 16)],
+            Step("full fine-tuning steps in fp32", chat, "full", 4, 2, 16)],
     }
-    if s.device == "cpu":
+    if cpu:
         first = {"06_distillation": (teacher, 4), "07_qlora_unsloth_translation": (translator, weight_bytes)}
         for nb, steps in plans.items():
             shape, nbytes = first.get(nb, (chat, 4 if steps[0].weight_bytes == 4 else weight_bytes))
-            steps.insert(0, Step("load the model (its file's pages and the copy in RAM)", shape, "load", nbytes,
+            steps.insert(0, Step("loading: file pages + the copy in RAM", shape, "load", nbytes,
                                  0, 0))
     return plans
 
@@ -392,10 +399,9 @@ def _dtype_words(r: Report) -> str:
         why = ("this GPU has native bf16: Ampere, sm80, or newer" if r.dtype == "bf16"
                else "this GPU has no fast bf16: older than Ampere, sm80")
         return f"{r.dtype} ({why})"
-    cpu_bf16 = ("this CPU has fast bf16 (" + " + ".join(n for n, ok in (("AVX512-BF16", f.avx512_bf16),
-                                                                        ("AMX", f.amx)) if ok) + ")"
-                if f.fast_cpu_bf16 else "this CPU has no fast bf16 (no AVX512-BF16, no AMX)")
-    return f"{r.dtype} ({cpu_bf16}; the course computes in fp32 on every CPU)"
+    units = " + ".join(n for n, ok in (("AVX512-BF16", f.avx512_bf16), ("AMX", f.amx)) if ok)
+    cpu_bf16 = f"this one has fast bf16: {units}" if f.fast_cpu_bf16 else "this one has no fast bf16: no AVX512-BF16, no AMX"
+    return f"{r.dtype} (the course computes in fp32 on every CPU; {cpu_bf16})"
 
 
 def format_preflight(r: Report) -> str:

@@ -58,6 +58,15 @@ KNOWN: tuple[Known, ...] = (
             "thousands of identical red lines; the perplexity the lesson shows already includes the cast.",
         example="MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization",
     ),
+    Known(
+        source="Unsloth (chat_templates.py), notebook 07's SFTTrainer setup",
+        logger="unsloth.chat_templates",
+        pattern=r"^Unsloth: Will map (\S+) to EOS = \1\.$",
+        why="Unsloth makes the chat template's end-of-turn token the tokenizer's EOS so that generation stops "
+            "after the answer. Only the no-op case is filtered: the token is already the EOS (the course sets "
+            "<|im_end|> as the embedded model's EOS), so nothing changes; a real remapping still shows.",
+        example="Unsloth: Will map <|im_end|> to EOS = <|im_end|>.",
+    ),
 )
 
 _installed: list[tuple[logging.Logger, logging.Filter]] = []

@@ -167,14 +167,14 @@ def test_cpu_without_avx512_bf16_says_so(monkeypatch, capsys):
     P.print_preflight(cpu_facts(cpuinfo=OLD_LAPTOP))
     out = capsys.readouterr().out
     assert "AVX2 yes · AVX512-BF16 no · AMX no" in out
-    assert "no fast bf16 (no AVX512-BF16, no AMX)" in out and "fp32 on every CPU" in out
+    assert "fp32 (the course computes in fp32 on every CPU; this one has no fast bf16: no AVX512-BF16, no AMX)" in out
 
 
 def test_cpu_with_amx_reports_it_and_still_uses_fp32(monkeypatch, capsys):
     no_gpu(monkeypatch)
     r = P.print_preflight(cpu_facts(cpuinfo=XEON_AMX))
     out = capsys.readouterr().out
-    assert r.dtype == "fp32" and "AVX512-BF16 yes · AMX yes" in out and "fast bf16 (AVX512-BF16 + AMX)" in out
+    assert r.dtype == "fp32" and "AVX512-BF16 yes · AMX yes" in out and "this one has fast bf16: AVX512-BF16 + AMX)" in out
 
 
 # --------------------------------------------------------------------------- the one-line version

@@ -1,5 +1,6 @@
 """course_utils.quiet: each known message disappears, and only it; the filter is in place before the import."""
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -31,8 +32,13 @@ QUIET = "from course_utils.quiet import quiet_known_warnings; quiet_known_warnin
 
 @pytest.fixture
 def clean_logging():
+    """No course filters during the test; afterwards, those of an earlier ``import course_utils`` come back."""
+    had = bool(quiet._installed)
+    quiet.undo()
     yield
     quiet.undo()
+    if had:
+        quiet.quiet_known_warnings()
 
 
 # --------------------------------------------------------------------------- without any library
@@ -81,7 +87,7 @@ def test_filters_apply_through_a_handler_installed_later(clean_logging, caplog):
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
-def test_show_warnings_turns_it_off(monkeypatch, clean_logging):
+def test_show_warnings_turns_it_off(clean_logging, monkeypatch):
     monkeypatch.setenv("COURSE_SHOW_WARNINGS", "1")
     assert quiet.quiet_known_warnings() == ()
     assert not any(isinstance(f, quiet.MessageFilter) for f in logging.getLogger(BNB_CPU_LOGGER).filters)
@@ -101,6 +107,11 @@ def test_python_warnings_are_matched_by_message():
 
 # --------------------------------------------------------------------------- the real libraries
 
+def installed(name: str) -> bool:
+    """Whether a library is installed, without importing it here (Unsloth would patch transformers)."""
+    return importlib.util.find_spec(name) is not None
+
+
 def _has_avx512_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -110,8 +121,8 @@ def _has_avx512_bf16() -> bool:
 
 
 @pytest.mark.skipif(not _has_avx512_bf16(), reason="bitsandbytes logs the kernels message only on AVX512-BF16 CPUs")
+@pytest.mark.skipif(not installed("bitsandbytes"), reason="bitsandbytes is not installed")
 def test_bitsandbytes_import_message_is_gone_when_quiet_runs_first():
-    pytest.importorskip("bitsandbytes")
     loud = run_python("import transformers, bitsandbytes")
     assert loud.returncode == 0, loud.stderr
     assert KERNELS_MESSAGE in loud.stderr, "bitsandbytes no longer logs it: remove its KNOWN entry?"
@@ -120,9 +131,18 @@ def test_bitsandbytes_import_message_is_gone_when_quiet_runs_first():
     assert KERNELS_MESSAGE not in calm.stderr, calm.stderr
 
 
+@pytest.mark.skipif(not _has_avx512_bf16(), reason="bitsandbytes logs the kernels message only on AVX512-BF16 CPUs")
+@pytest.mark.skipif(not installed("unsloth"), reason="unsloth is not installed")
+def test_the_message_stays_gone_when_unsloth_imports_bitsandbytes():
+    """Notebook 07 imports Unsloth, which installs its own log handler: the filter sits on the logger, before it."""
+    calm = run_python(QUIET + "import unsloth")
+    assert calm.returncode == 0, calm.stderr
+    assert KERNELS_MESSAGE not in calm.stderr + calm.stdout, calm.stderr
+
+
+@pytest.mark.skipif(not installed("bitsandbytes"), reason="bitsandbytes is not installed")
 def test_bitsandbytes_int8_inference_message_is_gone():
     """LLM.int8 in eval mode on fp32 inputs (notebook 04) logs once per layer call: thousands of red lines."""
-    pytest.importorskip("bitsandbytes")
     code = ("import torch, bitsandbytes as bnb\n"
             "lin = bnb.nn.Linear8bitLt(16, 8, has_fp16_weights=False, bias=False)\n"
             "lin.weight = bnb.nn.Int8Params(torch.randn(8, 16), requires_grad=False, has_fp16_weights=False)\n"
@@ -133,3 +153,12 @@ def test_bitsandbytes_int8_inference_message_is_gone():
     assert loud.returncode == 0 and calm.returncode == 0, loud.stderr + calm.stderr
     assert INT8_MESSAGE in loud.stderr, "bitsandbytes no longer logs it: remove its KNOWN entry?"
     assert INT8_MESSAGE not in calm.stderr and calm.stdout.strip() == "(2, 8) torch.float32", calm.stderr
+
+
+def test_unsloth_eos_message_is_hidden_only_when_nothing_changes(clean_logging, caplog):
+    quiet.quiet_known_warnings()
+    log = logging.getLogger("unsloth.chat_templates")
+    with caplog.at_level(logging.WARNING, logger="unsloth.chat_templates"):
+        log.warning("Unsloth: Will map <|im_end|> to EOS = <|im_end|>.")      # the embedded model: a no-op
+        log.warning("Unsloth: Will map <|end|> to EOS = <|endoftext|>.")      # a real remapping: shown
+    assert [r.getMessage() for r in caplog.records] == ["Unsloth: Will map <|end|> to EOS = <|endoftext|>."]
