@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from course_utils import runtime
 from course_utils.finetune import PHI3_MINI, ModelShape, gib, memory_breakdown
@@ -45,6 +45,10 @@ SHAPES = {
 # Peak RSS of a kernel that imported torch, transformers, peft, trl, datasets, matplotlib and pandas, before any
 # model: 0.50 GiB measured on this course's CI machine (Linux, torch 2.13 CPU). Added to every CPU need.
 CPU_PROCESS_BYTES = 0.5 * GiB
+# On a CPU the tensors are not all: glibc's heap keeps blocks that were freed, trainers keep logits and metrics.
+# Each cpu-profile notebook's peak RSS (sampled every 20 ms, 2026-12-01), less CPU_PROCESS_BYTES, was 0.90-1.19x
+# the tensor arithmetic below; the estimates came out at 0.94-1.15x the measured peaks (tests/test_preflight.py).
+CPU_HEAP_FACTOR = 1.1
 # A GPU's allocator keeps freed blocks cached and cuBLAS keeps a workspace: a need above this share of the free
 # VRAM is reported "tight" (it may still run; a second model or a rerun of a cell can tip it over).
 TIGHT_SHARE = 0.9
@@ -209,7 +213,9 @@ class Step:
 
 def weights_bytes(shape: ModelShape, method: str = "full", weight_bytes: int = 4) -> float:
     """Bytes of a held model's weights: all in ``weight_bytes`` (full), or NF4 + adapters (qlora), or base +
-    adapters (lora)."""
+    adapters (lora); ``linear``: one tensor per projection weight (a mask or a snapshot of them, notebook 05)."""
+    if method == "linear":
+        return float(shape.linear_params * weight_bytes)
     return memory_breakdown(shape, method, batch=0, weight_bytes=weight_bytes)["weights"]
 
 
@@ -248,13 +254,15 @@ def notebook_steps(s: runtime.Settings, weight_bytes: int) -> dict[str, list[Ste
             Step("full fine-tuning of a copy in fp32, base held", chat, "full", 4, b, min(t, 32),
                  resident=((chat, *fp32),))],
         "03_lora_math": [
-            Step("LoRA r=8 on a copy in fp32, 2 copies held", chat, "lora", 4, b, t, r=8,
-                 resident=((chat, *fp32), (chat, *fp32)))],
+            Step("LoRA r=8 on a copy in fp32, the model held", chat, "lora", 4, b, t, r=8,
+                 resident=((chat, *fp32),))],
         "04_quantization": [
             Step("QAT (full fine-tuning in fp32), 2 copies held", chat, "full", 4, b,
                  t // 2, resident=((chat, *fp32), (chat, *fp32)))],
         "05_pruning": [
-            Step("LoRA r=8 recovery after pruning", chat, "lora", weight_bytes, b, t, r=8)],
+            # held meanwhile: the global masks of section 2, the sweep's snapshot of the weights, the 50 % masks
+            Step("LoRA r=8 recovery after pruning, masks + a weight snapshot held", chat, "lora", weight_bytes, b, t,
+                 r=8, resident=((chat, "linear", weight_bytes),) * 3)],
         "06_distillation": [
             Step("sequence-level KD of the student in fp32, teacher + 2 students held",
                  student, "full", 4, max(1, b // 2), 2 * t, resident=((teacher, *fp32), (student, *fp32),
@@ -266,9 +274,13 @@ def notebook_steps(s: runtime.Settings, weight_bytes: int) -> dict[str, list[Ste
             # to 16 bits on a CPU), while the trained and the reloaded 4-bit models are still held
             Step("16-bit export (merge), two 4-bit models held", translator, load, weight_bytes, 0, 0,
                  resident=four_bit + (((translator, "full", 2),) if cpu else ())),
-            # the merged model read back (LOGITS_DTYPE: its 16-bit file as is on a GPU, fp32 on a CPU)
+            # the merged model read back (LOGITS_DTYPE: its 16-bit file as is on a GPU, fp32 on a CPU), then the
+            # 16-bit base + adapter as the reference, one at a time. A GPU's allocator reuses what `del` freed; a
+            # CPU's heap keeps it, so there the export's base, the merged model and the reference add up.
             Step("merged model read back, two 4-bit models held", translator, load,
-                 weight_bytes if not cpu else 4, 0, 0, resident=four_bit)],
+                 weight_bytes if not cpu else 4, 0, 0,
+                 resident=four_bit + (((translator, "full", 4), (translator, "full", 2), (translator, "full", 4))
+                                      if cpu else ()))],
         "08_instruction_tuning": [
             # nothing is freed: by the recipe section four SmolLM2 copies are held (co, base, fs, hi) while a
             # fifth model (causal_lm: the embedded one on a CPU, opt-125m on a GPU) trains
@@ -372,9 +384,11 @@ def preflight(facts: Facts | None = None, profile: str | None = None) -> Report:
     free = facts.vram_free if s.device == "cuda" else facts.ram_free
     memory = "VRAM" if s.device == "cuda" else "RAM"
     fits = {}
-    for notebook, steps in notebook_steps(s, weight_bytes).items():
+    # The rehearsal caps the sizes so that a CPU finishes; the memory is estimated for the run it rehearses.
+    sized = replace(s, **runtime._SIZES[name]) if s.rehearsal else s
+    for notebook, steps in notebook_steps(sized, weight_bytes).items():
         peak = max(steps, key=Step.nbytes)
-        need = peak.nbytes() + (CPU_PROCESS_BYTES if s.device == "cpu" else 0)
+        need = (CPU_PROCESS_BYTES + CPU_HEAP_FACTOR * peak.nbytes()) if s.device == "cpu" else peak.nbytes()
         fits[notebook] = Fit(notebook, peak.shape.name, peak.what, need, free, memory)
     sizes = {k: getattr(s, k) for k in ("batch_size", "seq_len", "steps", "eval_size", "max_new_tokens")}
     return Report(facts, name, reason, s.device, _dtype_name(dtype), s.rehearsal, sizes, fits)
@@ -412,12 +426,13 @@ def format_preflight(r: Report) -> str:
         "Preflight — what this machine has",
         f"  CPU     : {f.cpu_model} · {f.cores} cores · {flags}",
         f"  RAM     : {gib(f.ram_total):.1f} GiB total, {gib(f.ram_free):.1f} GiB free",
-        f"  GPU     : {_gpu_words(f)}" + (" (simulated by the rehearsal)" if f.simulated_gpu else ""),
+        f"  GPU     : {_gpu_words(f)}",
         "What the course will use",
         f"  profile : {r.profile} ({r.profile_reason}) · device {r.device}"
         + (" · rehearsal: stand-in models on a simulated GPU" if r.rehearsal else ""),
         f"  dtype   : {_dtype_words(r)}",
-        "  sizes   : " + " · ".join(f"{k} {v}" for k, v in r.sizes.items()),
+        "  sizes   : " + " · ".join(f"{k} {v}" for k, v in r.sizes.items())
+        + (" (the rehearsal's caps; memory below is for the real gpu run)" if r.rehearsal else ""),
         "Memory per notebook (course_utils.finetune.memory_breakdown, heaviest step) against "
         + (f"{gib(r.free):.1f} GiB free {r.memory}" if r.free is not None else f"{r.memory} (free unknown)"),
     ]

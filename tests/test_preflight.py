@@ -156,10 +156,12 @@ def test_a_cpu_with_little_free_ram_warns_for_the_notebooks_that_need_more(monke
         assert f"⚠️ {nb} would" not in out
     line = P.preflight_line(facts=cpu_facts(free_gib=free_gib))
     assert line.endswith("every notebook fits") == (not short)
-    if free_gib == 4.0:   # the cpu profile's heaviest notebooks (full fine-tuning in fp32) come close to 4 GiB
-        assert not short and tight, {nb: round(f.need / GiB, 2) for nb, f in r.fits.items()}
-    else:                 # on 2 GiB only loading and inference notebooks fit
-        assert short and "01_fine_tuning_basics" in short and "00_setup_and_tour" not in short
+    needs = {nb: round(f.need / GiB, 2) for nb, f in r.fits.items()}
+    assert "00_setup_and_tour" not in short | tight, needs          # notebook 00 loads and chats: ≈ 1.6 GiB
+    if free_gib == 4.0:   # full fine-tuning in fp32 with copies held (01, 04) needs about 4 GiB
+        assert {"01_fine_tuning_basics", "04_quantization"} <= short | tight, needs
+    else:
+        assert len(short) >= 7, needs
 
 
 def test_cpu_without_avx512_bf16_says_so(monkeypatch, capsys):
@@ -175,6 +177,21 @@ def test_cpu_with_amx_reports_it_and_still_uses_fp32(monkeypatch, capsys):
     r = P.print_preflight(cpu_facts(cpuinfo=XEON_AMX))
     out = capsys.readouterr().out
     assert r.dtype == "fp32" and "AVX512-BF16 yes · AMX yes" in out and "this one has fast bf16: AVX512-BF16 + AMX)" in out
+
+
+# Peak RSS of each notebook in the cpu profile (GiB): a thread in the kernel sampled VmRSS and VmHWM every 20 ms
+# (course_utils.train resets VmHWM, so the kernel's ru_maxrss alone undercounts); notebooks as of 2026-12-01, on the
+# course's 2-core CI machine (torch 2.13 CPU, AVX512-BF16). Re-measure when a notebook changes what it holds.
+MEASURED_CPU_PEAK_GIB = {"00": 1.40, "01": 3.54, "02": 3.44, "03": 2.02, "04": 3.51, "05": 2.63, "06": 3.31,
+                         "07": 3.05, "08": 4.09, "09": 1.82, "10": 2.94}
+
+
+def test_cpu_estimates_agree_with_measured_peaks(monkeypatch):
+    no_gpu(monkeypatch)
+    r = P.preflight(cpu_facts(), profile="cpu")
+    ratios = {nb[:2]: f.need / GiB / MEASURED_CPU_PEAK_GIB[nb[:2]] for nb, f in r.fits.items()}
+    assert set(ratios) == set(MEASURED_CPU_PEAK_GIB)
+    assert all(0.85 <= x <= 1.25 for x in ratios.values()), {k: round(v, 2) for k, v in ratios.items()}
 
 
 # --------------------------------------------------------------------------- the one-line version
@@ -208,3 +225,21 @@ def test_print_preflight_on_this_machine(capsys):
     assert out.startswith("Preflight — what this machine has") and len(r.fits) == 11
     for nb in r.fits:
         assert nb in out
+
+
+def test_the_rehearsal_estimates_the_run_it_rehearses(monkeypatch):
+    """Stand-in models and capped sizes on a CPU; the memory is the real gpu run's on the simulated T4."""
+    monkeypatch.setenv("COURSE_REHEARSAL", "1")
+    no_gpu(monkeypatch)
+    import course_utils.rehearsal as rehearsal
+
+    monkeypatch.setattr(rehearsal, "activate", lambda: None)   # no simulated-GPU patches in this test process
+    r = P.preflight(P.probe(cpuinfo=OLD_LAPTOP), profile="gpu")
+    assert (r.device, r.dtype, r.memory, r.rehearsal) == ("cuda", "fp16", "VRAM", True)
+    assert r.sizes["batch_size"] == runtime.REHEARSAL_CAPS["batch_size"]
+    assert r.fits["07_qlora_unsloth_translation"].status in ("fits", "tight")
+    monkeypatch.delenv("COURSE_REHEARSAL")
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5), 14.7)
+    real = P.preflight(P.probe(cpuinfo=OLD_LAPTOP), profile="gpu")   # a real T4, uncapped sizes
+    assert {nb: f.need for nb, f in real.fits.items()} == {nb: f.need for nb, f in r.fits.items()}
+    assert "the rehearsal's caps" in P.format_preflight(r)
