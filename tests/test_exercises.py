@@ -22,16 +22,36 @@ def test_every_notebook_module_has_exercises():
 @pytest.mark.parametrize("module, name, ex", ALL, ids=[f"{m}.{n}" for m, n, _ in ALL])
 def test_right_answer_passes_wrong_answer_fails(monkeypatch, capsys, module, name, ex):
     monkeypatch.setenv("COURSE_STRICT", "1")
-    assert ex.check(*ex.solution_answer()) is True
+    right = ex.check(*ex.solution_answer())
+    assert right and right.attempted
     with pytest.raises(AssertionError):
         ex.check(*ex.wrong_answer())
     monkeypatch.setenv("COURSE_STRICT", "0")
-    assert ex.check(*ex.wrong_answer()) is False
-    assert ex.check(____) is False  # not attempted: no exception, even when strict
+    wrong = ex.check(*ex.wrong_answer())
+    assert not wrong and wrong.attempted
+    blank = ex.check(____)  # not attempted: no exception, even when strict
+    assert not blank and not blank.attempted
     ex.hint()
     ex.solution()
     out = capsys.readouterr().out
     assert "✅" in out and "❌" in out and "⬜" in out and "Hint" in out and "Solution" in out
+
+
+def test_a_checked_cell_shows_only_the_message():
+    """As a cell's last line in a real kernel, ``check()`` shows its message and no ``Out: False`` under it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\nos.environ['COURSE_STRICT'] = '0'  # a learner's kernel: a wrong answer shows ❌, raises nothing\n"
+        "from course_utils.exercises import ____, nb00 as ex")] + [
+        nbformat.v4.new_code_cell(f"ex.q1.check({answer})") for answer in ("____", "-1", "*ex.q1.solution_answer()")]
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    for cell, mark in zip(nb.cells[1:], "⬜❌✅"):
+        kinds = [o["output_type"] for o in cell.outputs]
+        assert kinds == ["display_data"], (cell.source, kinds)
+        assert mark in cell.outputs[0]["data"]["text/markdown"]
 
 
 # --------------------------------------------------------------------------- answers vs the libraries

@@ -49,6 +49,31 @@ def _show(markdown: str) -> None:
     print(markdown)
 
 
+class Verdict:
+    """What ``check()`` returns: truthy when right; shows nothing itself (the check already said it).
+
+    >>> bool(Verdict(True)), Verdict(False) == False
+    (True, True)
+    """
+
+    def __init__(self, ok: bool, attempted: bool = True):
+        self.ok, self.attempted = ok, attempted
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __eq__(self, other) -> bool:
+        return bool(self) == bool(other) if isinstance(other, (bool, Verdict)) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return "correct" if self.ok else ("wrong" if self.attempted else "not attempted")
+
+    def _ipython_display_(self) -> None:
+        """Jupyter would print ``Out: False`` under the message; the message is the output."""
+
+
 @dataclass
 class Exercise:
     """One exercise: a checker, a hint, a solution text, and a right and a wrong answer (for tests).
@@ -65,20 +90,20 @@ class Exercise:
     solution_answer: Callable[[], tuple]
     wrong_answer: Callable[[], tuple]
 
-    def check(self, *answers) -> bool:
-        """Check an answer; show ✅/❌/⬜ and return whether it is right."""
+    def check(self, *answers) -> Verdict:
+        """Check an answer; show ✅/❌/⬜ and return a ``Verdict`` (truthy when right)."""
         if any(isinstance(a, _Blank) for a in answers) or not answers:
             _show(f"⬜ **{self.name}**: replace `____` with your answer, then run the cell again.")
-            return False
+            return Verdict(False, attempted=False)
         try:
             self.checker(*answers)
         except Incorrect as e:
             _show(f"❌ **{self.name}**: {e}  \nTry `.hint()` or `.solution()`.")
             if strict():
                 raise AssertionError(f"{self.name}: {e}") from None
-            return False
+            return Verdict(False)
         _show(f"✅ **{self.name}**: correct!")
-        return True
+        return Verdict(True)
 
     def hint(self) -> None:
         """Show the hint."""
