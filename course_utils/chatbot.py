@@ -282,7 +282,7 @@ class LoraBackend:
         with self.serve_lock:
             self.serving.set_adapter(domain, inference_mode=True)
             return generate_reply(self.serving, self.tok, question, max_new_tokens or self.cfg.max_new_tokens,
-                                  system=self.cfg.system, repetition_penalty=1.1)
+                                  system=self.cfg.system, whole_sentences=True, repetition_penalty=1.1)
 
 
 # --------------------------------------------------------------------------- rounds
@@ -314,6 +314,7 @@ class Reply:
     domain: str
     version: int
     seconds: float
+    cut: bool = False           # max_new_tokens stopped it (the answer then ends at its last full sentence)
 
 
 class Chatbot:
@@ -368,7 +369,8 @@ class Chatbot:
         domain = validate_domain(domain) if domain is not None else guess_domain(question)
         t0 = time.perf_counter()
         answer = self.backend.answer(question, domain)
-        return Reply(question, answer, domain, self.store.live_version(domain)[0], time.perf_counter() - t0)
+        return Reply(question, answer, domain, self.store.live_version(domain)[0], time.perf_counter() - t0,
+                     cut=getattr(answer, "cut", False))
 
     def feedback(self, question, answer, quality, domain, corrected: bool = False) -> int:
         """Validate + commit one feedback (``FeedbackError`` on bad input), then check the trigger."""

@@ -30,8 +30,11 @@ class ChatUI:
                                  description="domain", layout=w.Layout(width="200px"))
         self.ask_button = w.Button(description="Ask · 질문", button_style="primary")
         self.answer = w.HTML("<i>(no answer yet)</i>")
-        self.up = w.Button(description="👍", layout=w.Layout(width="60px"))
-        self.down = w.Button(description="👎", layout=w.Layout(width="60px"))
+        # words beside the emoji: without an emoji font a button must still say what it does
+        self.up = w.Button(description="👍 Good · 좋아요", tooltip="store this answer as good",
+                           layout=w.Layout(width="130px"))
+        self.down = w.Button(description="👎 Bad · 별로예요", tooltip="store this answer as bad",
+                             layout=w.Layout(width="130px"))
         self.quality = w.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="quality",
                                      readout_format=".2f")
         self.correction = w.Textarea(placeholder="corrected answer (optional) · 올바른 답변 (선택)",
@@ -60,8 +63,9 @@ class ChatUI:
             self.status.value = f"❌ {html.escape(str(e))}"
             return
         r = self.last
+        cut = " · cut at the length cap: ends at its last full sentence" if r.cut else ""
         self.answer.value = (f"<b>Q</b> {html.escape(r.question)}<br><b>A</b> {html.escape(r.answer)}<br>"
-                             f"<small>{r.domain} adapter v{r.version} · {r.seconds:.1f} s</small>")
+                             f"<small>{r.domain} adapter v{r.version} · {r.seconds:.1f} s{cut}</small>")
         self.correction.value = ""
         self.status.value = ""
 
@@ -97,7 +101,7 @@ class ChatUI:
         self.stats.value = (
             "<b>Stats</b><table><tr><th>domain</th><th>buffer</th><th>live</th><th>last round</th></tr>"
             f"{rows}</table>feedback stored: {m['feedback_total']} · rounds: {m['training_rounds']} "
-            f"(✅ {m['accepted']} · ⛔ {m['rejected']} · 💥 {m['failed']})<br>LoRA layers: {m['lora_layers']}"
+            f"(✅ accepted {m['accepted']} · ⛔ rejected {m['rejected']} · 💥 failed {m['failed']})<br>LoRA layers: {m['lora_layers']}"
             f" · {running}")
 
     # ------------------------------------------------------------------ driving from code
@@ -118,7 +122,7 @@ class ChatUI:
 def _last(ev: dict | None) -> str:
     if not ev:
         return "—"
-    icon = {"accepted": "✅", "rejected": "⛔", "failed": "💥"}[ev["status"]]
+    icon = {"accepted": "✅ accepted", "rejected": "⛔ rejected", "failed": "💥 failed"}[ev["status"]]
     if ev["live"] is None or ev["candidate"] is None:
         return icon
     return f"{icon} {ev['live']:.3f}→{ev['candidate']:.3f}"

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -312,9 +313,34 @@ def _clean_reply(text: str) -> str:
     return text.strip().rstrip("\ufffd").strip()
 
 
+class ReplyText(str):
+    """A reply's text that also says whether ``max_new_tokens`` cut it short (``cut``)."""
+
+    cut: bool = False
+
+
+# a sentence ends at . ! ? (or their full-width forms, or …) before a space, a closing quote/bracket or the end
+_SENTENCE_END = re.compile(r"[.!?。！？…][\"')\]]*(?=\s|$)")
+
+
+def end_at_sentence(text: str) -> str:
+    """``text`` up to its last sentence end; unchanged when it has none.
+
+    >>> end_at_sentence("Neptune is the eighth planet. It is the")
+    'Neptune is the eighth planet.'
+    >>> end_at_sentence("No full stop here")
+    'No full stop here'
+    """
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[:ends[-1].end()] if ends else text
+
+
 def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: str | None = None,
-                   streamer=None, **gen_kwargs) -> str:
+                   streamer=None, whole_sentences: bool = False, **gen_kwargs) -> ReplyText:
     """Greedy chat reply to ``prompt`` (a user string or a ``messages`` list), decoded without specials.
+
+    ``whole_sentences``: a reply cut by ``max_new_tokens`` ends at its last full sentence. Either way
+    ``reply.cut`` says whether the cap stopped it (a chat box shows that rather than a silent half-sentence).
 
     >>> generate_reply(model, tok, "What is the capital of France?")
     'The capital of France is Paris.'
@@ -329,7 +355,14 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
                              pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
-    return _clean_reply(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    new = out[0, enc["input_ids"].shape[1]:]                          # (n_new,)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
+    cut = len(new) >= max_new_tokens and int(new[-1]) not in stops   # the cap, not an end-of-turn, stopped it
+    text = _clean_reply(tokenizer.decode(new, skip_special_tokens=True))
+    reply = ReplyText(end_at_sentence(text) if cut and whole_sentences else text)
+    reply.cut = cut
+    return reply
 
 
 def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, batch_size: int = 8,

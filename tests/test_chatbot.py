@@ -619,13 +619,15 @@ def test_chat_ui_flow(tmp_path):
     bot = make_bot(tmp_path, n_trigger=2)
     ui = ChatUI(bot)
     assert ui.ask("부가가치세 세율은?").startswith("[tax")
+    assert all(w.isalpha() for w in (ui.up.description.split()[1], ui.down.description.split()[1])), \
+        "the rating buttons need words, not only emoji"
     assert ui.rate("down").startswith("✅") and bot.store.rows()[-1]["quality"] == DOWNVOTE_MAX_QUALITY
     assert ui.rate("up", quality=0.8).startswith("✅")
     assert ui.rate("down", quality=1.0, correction="기본세율은 10%입니다.").startswith("✅")
     last = bot.store.rows()[-1]
     assert (last["answer"], last["corrected"], last["quality"]) == ("기본세율은 10%입니다.", 1, 1.0)
     assert [r.status for r in bot.history] == ["accepted"], "👍 0.8 + correction 1.0 = 2 records ≥ 0.7"
-    assert "v1" in ui.stats.value and "✅ 1" in ui.stats.value
+    assert "v1" in ui.stats.value and "✅ accepted 1" in ui.stats.value
     n = bot.store.count()
     assert ui.ask("   ") == "" and "question" in ui.status.value
     assert ui.rate("up") == "Ask a question first." and bot.store.count() == n

@@ -49,6 +49,26 @@ def test_embedded_model_answers(embedded):
     assert "Paris" in models.generate_reply(model, tok, "What is the capital of France?", max_new_tokens=16)
 
 
+def test_a_capped_reply_ends_at_a_sentence_and_says_it_was_cut(embedded):
+    model, tok = embedded
+    q = "Tell me about the planet Neptune."
+    raw = models.generate_reply(model, tok, q, max_new_tokens=24)
+    whole = models.generate_reply(model, tok, q, max_new_tokens=24, whole_sentences=True)
+    assert raw.cut and whole.cut, "24 tokens cannot hold this answer: the cap must be reported"
+    assert raw.startswith(whole) and len(whole) < len(raw), (raw, whole)   # the half sentence is dropped
+    assert whole.rstrip("\"')]")[-1] in ".!?", whole
+    short = models.generate_reply(model, tok, "Answer with one word: what colour is the sky?", max_new_tokens=24)
+    assert not short.cut, f"an answer that ended by itself is not cut: {short!r}"
+
+
+def test_end_at_sentence():
+    assert models.end_at_sentence("Neptune is the eighth planet. It is the") == "Neptune is the eighth planet."
+    assert models.end_at_sentence("A (b.) c. d") == "A (b.) c."
+    assert models.end_at_sentence("부가세는 10%입니다. 신고는") == "부가세는 10%입니다."
+    assert models.end_at_sentence("v1.5 is out") == "v1.5 is out"      # a decimal point is no sentence end
+    assert models.end_at_sentence("no end") == "no end"
+
+
 def test_chat_prompt_takes_strings_or_messages(embedded):
     _, tok = embedded
     text = models.chat_prompt(tok, "hi", system="Be brief.")
