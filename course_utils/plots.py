@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -48,20 +50,43 @@ def plot_losses(histories: dict[str, list[float]], title: str = "Training loss",
     return fig
 
 
+def wrap_label(name: str, width: int = 16) -> str:
+    """A tick label broken at " · " and wrapped to ``width`` characters per line.
+
+    >>> wrap_label("add_many(100) · synchronous=FULL")
+    'add_many(100)\nsynchronous=FULL'
+    """
+    return "\n".join(textwrap.fill(part, width) for part in name.split(" · "))
+
+
+def overlapping_ticks(ax) -> bool:
+    """Whether any two x tick labels of ``ax`` overlap once drawn."""
+    ax.figure.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def plot_bars(values: dict[str, float], ylabel: str = "", title: str = "", fmt: str = "{:.3g}",
               logy: bool = False, ax=None):
-    """A labelled bar chart of ``values`` (name → number); returns the figure."""
+    """A labelled bar chart of ``values`` (name → number); returns the figure.
+
+    Long names are wrapped; if labels still overlap they stand upright (checked on the drawn figure).
+    """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots()
     names = list(values)
-    bars = ax.bar(names, [values[n] for n in names], color=PALETTE[: len(names)] * (len(names) // 10 + 1))
+    bars = ax.bar(range(len(names)), [values[n] for n in names],
+                  color=PALETTE[: len(names)] * (len(names) // 10 + 1))
+    ax.set_xticks(range(len(names)), [wrap_label(n) for n in names])
     for b in bars:
         ax.annotate(fmt.format(b.get_height()), (b.get_x() + b.get_width() / 2, b.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     if logy:
         ax.set_yscale("log")
-    ax.tick_params(axis="x", rotation=20 if len(names) > 4 else 0)
     fig.tight_layout()
+    if overlapping_ticks(ax):
+        ax.tick_params(axis="x", rotation=90)
+        fig.tight_layout()
     return fig
 
 
