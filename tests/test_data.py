@@ -158,6 +158,18 @@ def test_good_file_keeps_every_line(tmp_path):
     assert [r["id"] for r in data.read_jsonl(p, SCHEMA)] == [f"x{i}" for i in range(5)]
 
 
+def test_own_file_in_place_of_a_bundled_set(tmp_path):
+    own = _write(tmp_path, [b"\xef\xbb\xbf" + json.dumps(GOOD).encode(), b"",
+                            GOOD | {"id": "x2", "split": "test"}])   # saved by a Windows editor: BOM + blank line
+    assert [r["id"] for r in data.load_rows("domain_qa", "test", path=own)] == ["x2"]
+    assert data.load_dataset("domain_qa", path=own).num_rows == 2
+    bad = _write(tmp_path, [GOOD | {"category": "weather"}])
+    with pytest.raises(data.DataError, match=r"sample\.jsonl:1: field .category."):
+        data.load_rows("domain_qa", path=bad)      # your file, checked against the lesson's schema
+    with pytest.raises(KeyError, match="unknown data set"):
+        data.load_rows("nope", path=own)
+
+
 def test_unknown_dataset_and_split():
     with pytest.raises(KeyError, match="unknown data set 'nope'"):
         data.data_path("nope")

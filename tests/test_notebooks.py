@@ -55,6 +55,32 @@ def test_skeleton(path):
     assert "import *" not in code
 
 
+OWN_DATA = re.compile(r"python -m course_utils\.data check (\S+) --schema (\w+)")
+LOADS = re.compile(r"\bload_(?:rows|dataset)\(\s*\"(\w+)\"|^DATA\s*=\s*\"(\w+)\"", re.M)  # nb03: DATA = "..."
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lessons_on_bundled_data_say_how_to_use_ones_own(path, tmp_path):
+    """A notebook that loads a bundled data set shows the learner how to check and load their own file."""
+    from course_utils import data
+
+    cells = _cells(path)
+    loaded = {a or b for c in cells if c["cell_type"] == "code" for a, b in LOADS.findall(_src(c))}
+    shown = {m.groups() for c in cells if c["cell_type"] == "markdown" for m in OWN_DATA.finditer(_src(c))}
+    if not loaded:
+        assert not shown, "an own-data line in a notebook that loads no bundled data"
+        return
+    assert shown, f"loads {sorted(loaded)} but never says how to use one's own file (course_utils.data check)"
+    for fname, schema in shown:
+        assert schema in loaded and schema in data.SCHEMAS, (schema, loaded)
+        own = tmp_path / fname      # the command the line shows, run on a file made of bundled rows
+        own.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data.load_rows(schema)[:3]),
+                       encoding="utf-8")
+        assert data.main(["check", str(own), "--schema", schema]) == 0
+        md = "\n".join(_src(c) for c in cells if c["cell_type"] == "markdown")
+        assert re.search(rf'load_(rows|dataset)\([^`]*path="{re.escape(fname)}"', md), "the line shows the load call"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_referenced_images_exist_and_are_generated(path):
     generators = load_all()
