@@ -114,6 +114,9 @@ def build_model(cfg: FinetuneConfig):
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(argv)
+    from course_utils.quiet import quiet_known_warnings
+
+    quiet_known_warnings()   # before peft imports bitsandbytes: its harmless CPU-kernel message stays hidden
     from peft import LoraConfig
     from transformers import TrainerCallback
 
