@@ -141,6 +141,87 @@ class LoRALinear(nn.Module):
                 f"use_rslora={self.use_rslora}, merged={self.merged}")
 
 
+# --------------------------------------------------------------------------- DoRA: magnitude and direction
+
+
+def weight_norm(weight: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+    """‖W₀ + ΔW‖_c: the L2 norm of each output unit's weight row, as peft's DoRA computes it.
+
+    weight, delta: (d_out, d_in) → (d_out,). The DoRA paper writes W as (d_in × d_out) and calls these
+    column norms; in PyTorch's (out × in) storage they are the norms over ``dim=1``.
+    """
+    w = weight if delta is None else weight + delta.to(weight.dtype)  # (d_out, d_in)
+    return torch.linalg.norm(w, dim=1)                                   # (d_out,)
+
+
+def dora_weight(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """W' = m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c. weight, delta: (d_out, d_in); magnitude m: (d_out,) → (d_out, d_in)."""
+    return (magnitude / weight_norm(weight, delta)).unsqueeze(1) * (weight + delta)
+
+
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024): a LoRA direction plus a trainable magnitude per output unit.
+
+    W' = m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c with ``lora_magnitude_vector`` m (d_out,) starting at ‖W₀‖_c, so
+    W' = W₀ at step 0. As in peft (and the paper's section 4.3) the norm is detached from the gradient.
+    Forward as peft computes it: ``(m/‖·‖ − 1)·W₀x + (m/‖·‖)·scaling·B(A(x))`` added to ``base_layer(x)``.
+    x: (..., d_in) → (..., d_out).
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
+                 use_rslora: bool = False):
+        super().__init__(base_layer, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora)
+        w = base_layer.weight.detach().to(self.lora_A.weight.dtype)
+        self.lora_magnitude_vector = nn.Parameter(weight_norm(w, self.get_delta_weight()))  # m: (d_out,)
+        self._merged_norm: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)  # W₀x + bias: (..., d_out)
+        if self.merged:
+            return result
+        dtype = self.lora_A.weight.dtype
+        w = self.base_layer.weight.to(dtype)                                        # W₀: (d_out, d_in)
+        delta = self.get_delta_weight().detach()                                    # ΔW: (d_out, d_in)
+        scale = self.lora_magnitude_vector / weight_norm(w, delta).detach()         # m / ‖W₀ + ΔW‖_c: (d_out,)
+        if isinstance(self.lora_dropout, nn.Identity) or not self.training:
+            x = x.to(dtype)
+            base = result.to(dtype) - (self.base_layer.bias.to(dtype) if self.base_layer.bias is not None else 0)
+        else:                                                                       # peft: W₀ on the dropped-out x
+            x = self.lora_dropout(x.to(dtype))
+            base = nn.functional.linear(x, w)
+        lora = self.lora_B(self.lora_A(x)) * self.scaling                           # ΔWx: (..., d_out)
+        return (result + (scale - 1) * base + scale * lora).to(result.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W₀ ← m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c (the norm is kept to unmerge)."""
+        if self.merged:
+            return
+        w, delta = self.base_layer.weight, self.get_delta_weight()
+        self._merged_norm = weight_norm(w.to(delta.dtype), delta)
+        w.copy_(dora_weight(w.to(delta.dtype), delta, self.lora_magnitude_vector))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W' ← W' · ‖W₀ + ΔW‖_c / m − ΔW: back to W₀ up to float rounding."""
+        if not self.merged:
+            return
+        w, delta = self.base_layer.weight, self.get_delta_weight()
+        factor = (self.lora_magnitude_vector / self._merged_norm).unsqueeze(1)    # (d_out, 1)
+        w.copy_(w.to(delta.dtype) / factor - delta)
+        self.merged, self._merged_norm = False, None
+
+
+def dora_param_count(d_in: int, d_out: int, r: int) -> int:
+    """Trainable parameters of one DoRA layer: LoRA's r·(d_in + d_out) plus the magnitude's d_out.
+
+    >>> dora_param_count(576, 576, 8)
+    9792
+    """
+    return lora_param_count(d_in, d_out, r) + d_out
+
+
 # --------------------------------------------------------------------------- injection into a model
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
@@ -158,10 +239,11 @@ def _layer_index(name: str) -> int | None:
 
 def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int = 8, lora_alpha: float = 8,
                 lora_dropout: float = 0.0, use_rslora: bool = False,
-                layers_to_transform: Iterable[int] | None = None) -> list[str]:
+                layers_to_transform: Iterable[int] | None = None, use_dora: bool = False) -> list[str]:
     """Wrap every ``nn.Linear`` whose name ends with a target in a :class:`LoRALinear`; freeze the rest.
 
-    ``layers_to_transform`` (as in peft) keeps only modules in those decoder-layer indices. Returns the
+    ``layers_to_transform`` (as in peft) keeps only modules in those decoder-layer indices; ``use_dora``
+    wraps in :class:`DoRALinear` instead (peft's ``LoraConfig(use_dora=True)``). Returns the
     wrapped module names. Raises ``ValueError`` when nothing matches.
 
     >>> inject_lora(model, ["q_proj", "v_proj"], r=8, lora_alpha=16)[:2]
@@ -183,8 +265,9 @@ def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int = 8, lor
         parent = model.get_submodule(parent_name) if parent_name else model
         if isinstance(parent, LoRALinear):
             continue
-        setattr(parent, child, LoRALinear(module, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                          use_rslora=use_rslora))
+        cls = DoRALinear if use_dora else LoRALinear
+        setattr(parent, child, cls(module, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                   use_rslora=use_rslora))
         wrapped.append(name)
     if not wrapped:
         raise ValueError(f"target modules {target_modules} not found among the model's nn.Linear layers")
@@ -222,7 +305,7 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
 
 
 def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str = "default") -> int:
-    """Copy every A and B of ``model`` into the same-named layers of a peft model; return the count.
+    """Copy every A and B (and DoRA's magnitude m) of ``model`` into the same-named peft layers; return the count.
 
     Shapes are identical (both store A as (r, d_in) and B as (d_out, r)), so no transpose is needed;
     a mismatch raises ``ValueError`` instead of copying silently.
@@ -232,8 +315,11 @@ def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str
     with torch.no_grad():
         for name, m in lora_modules(model).items():
             target = base.get_submodule(name)
-            for ours, theirs in ((m.lora_A.weight, target.lora_A[adapter_name].weight),
-                                 (m.lora_B.weight, target.lora_B[adapter_name].weight)):
+            pairs = [(m.lora_A.weight, target.lora_A[adapter_name].weight),
+                     (m.lora_B.weight, target.lora_B[adapter_name].weight)]
+            if isinstance(m, DoRALinear):  # peft keeps m in lora_magnitude_vector[adapter].weight
+                pairs.append((m.lora_magnitude_vector, target.lora_magnitude_vector[adapter_name].weight))
+            for ours, theirs in pairs:
                 if ours.shape != theirs.shape:
                     raise ValueError(f"{name}: shape {tuple(ours.shape)} vs peft's {tuple(theirs.shape)}")
                 theirs.copy_(ours)

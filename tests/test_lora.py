@@ -317,3 +317,109 @@ def test_cached_prefix_gives_the_full_models_loss_and_gradients(tiny_llama, toy_
     torch.testing.assert_close(top, full, atol=1e-5, rtol=1e-5)
     for n, g in grads.items():
         torch.testing.assert_close(dict(tiny_llama.named_parameters())[n].grad, g, atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- DoRA
+
+
+class _TwoLinear(nn.Module):
+    """Two projections (one with bias, one without) named like a Llama attention block's."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.v_proj = nn.Linear(24, 40), nn.Linear(40, 24, bias=False)
+
+    def forward(self, x):
+        return self.v_proj(torch.relu(self.q_proj(x)))
+
+
+def _perturb_dora(model: nn.Module, seed: int = 1) -> None:
+    """B = 0 and m = ‖W₀‖_c make DoRA the identity at init: move both so parity tests can fail."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+            m.lora_magnitude_vector.mul_(1 + 0.1 * torch.randn(m.lora_magnitude_vector.shape, generator=g))
+
+
+def test_dora_starts_at_W0_with_the_row_norms():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40)
+    layer = lora.DoRALinear(copy.deepcopy(base), r=4, lora_alpha=8)
+    torch.testing.assert_close(layer.lora_magnitude_vector, base.weight.detach().norm(dim=1))
+    x = torch.randn(3, 5, 24)
+    torch.testing.assert_close(layer(x), base(x))
+    assert count_params(layer) == lora.dora_param_count(24, 40, 4) == 4 * (24 + 40) + 40
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_dora_parity_with_peft_forward_grads_merge(use_rslora):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = _TwoLinear()
+    ours = copy.deepcopy(base)
+    inject_lora(ours, ["q_proj", "v_proj"], r=4, lora_alpha=8, use_rslora=use_rslora, use_dora=True)
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                            lora_dropout=0.0, use_rslora=use_rslora, use_dora=True))
+    assert count_params(ours) == count_params(theirs) == sum(lora.dora_param_count(i, o, 4) for i, o in [(24, 40), (40, 24)])
+    _perturb_dora(ours)
+    assert copy_lora_to_peft(ours, theirs) == 6, "A, B and m of both layers"
+    x = torch.randn(3, 5, 24)
+    assert (ours(x) - base(x)).abs().max() > 1e-2, "perturbed DoRA should change the output"
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.q_proj.base_layer.weight, base.q_proj.weight)  # W₀ untouched
+    ours(x).square().mean().backward()
+    theirs(x).square().mean().backward()
+    for name, m in lora_modules(ours).items():
+        t = theirs.base_model.model.get_submodule(name)
+        torch.testing.assert_close(m.lora_magnitude_vector.grad, t.lora_magnitude_vector["default"].weight.grad)
+        torch.testing.assert_close(m.lora_A.weight.grad, t.lora_A["default"].weight.grad)
+        torch.testing.assert_close(m.lora_B.weight.grad, t.lora_B["default"].weight.grad)
+    with torch.no_grad():
+        unmerged = ours(x)
+        merge_lora(ours)
+        torch.testing.assert_close(ours(x), theirs.merge_and_unload()(x))
+        torch.testing.assert_close(ours(x), unmerged, atol=1e-5, rtol=1e-5)
+        unmerge_lora(ours)
+    torch.testing.assert_close(ours.q_proj.base_layer.weight, base.q_proj.weight, atol=1e-6, rtol=1e-5)
+
+
+def test_dora_weight_is_magnitude_times_unit_rows():
+    g = torch.Generator().manual_seed(0)
+    W0, dW, m = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g), torch.rand(6, generator=g) + 0.5
+    W = lora.dora_weight(W0, dW, m)
+    torch.testing.assert_close(W.norm(dim=1), m)  # every output row has length m
+    torch.testing.assert_close(W / W.norm(dim=1, keepdim=True), (W0 + dW) / (W0 + dW).norm(dim=1, keepdim=True))
+
+
+def test_notebook_dora_core_agrees_with_package():
+    ns = _inline_core()
+    exec(compile(marked_cell(NOTEBOOK, "# dora-core"), str(NOTEBOOK) + ":dora-core", "exec"), ns)
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40)
+    ours = lora.DoRALinear(copy.deepcopy(base), r=4, lora_alpha=8)
+    theirs = ns["DoRALinear"](copy.deepcopy(base), r=4, lora_alpha=8)
+    torch.testing.assert_close(theirs.lora_magnitude_vector, ours.lora_magnitude_vector)
+    assert count_params(theirs) == count_params(ours), "same trainable parameters (A, B, m)"
+    torch.testing.assert_close(ns["weight_norm"](base.weight, torch.zeros_like(base.weight)),
+                               lora.weight_norm(base.weight))
+    with torch.no_grad():
+        ours.lora_B.weight.normal_(std=0.1)
+        ours.lora_magnitude_vector.mul_(1.1)
+        theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 24)
+    torch.testing.assert_close(theirs(x), ours(x))
+    theirs(x).sum().backward()
+    ours(x).sum().backward()
+    torch.testing.assert_close(theirs.lora_magnitude_vector.grad, ours.lora_magnitude_vector.grad)
+    torch.testing.assert_close(theirs.lora_A.weight.grad, ours.lora_A.weight.grad)
+    with torch.no_grad():
+        ours.merge()
+        theirs.merge()
+        torch.testing.assert_close(theirs.base_layer.weight, ours.base_layer.weight)
+        torch.testing.assert_close(theirs(x), ours(x))
