@@ -180,6 +180,13 @@ def test_commands(py: str, junit: Path, root: Path = ROOT) -> list[tuple[str, li
     return cmds
 
 
+def save_state(path: Path, mine: dict) -> dict:
+    """Merge this run's results into ``tests.json`` (another run may have added keys meanwhile); return the merge."""
+    merged = {**read_json(path), **mine}
+    write_json(path, merged)
+    return merged
+
+
 def run_tests(lane: str, base: Path, only: list[str] | None = None, stop_at: float | None = None) -> dict:
     """Run a lane's unit tests and notebooks one at a time; ``tests.json`` gets each one's status and seconds.
 
@@ -191,7 +198,7 @@ def run_tests(lane: str, base: Path, only: list[str] | None = None, stop_at: flo
     junit.mkdir(parents=True, exist_ok=True)
     py = str(lane_dir / "venv" / "bin" / "python")
     env = {**lane_env(lane, lane_dir), **NB_ENV}
-    state = read_json(lane_dir / "tests.json")
+    state: dict = {}
     for key, cmd in test_commands(py, junit):
         if only and not any(key == o or key.startswith(o + "_") for o in only):
             continue
@@ -206,10 +213,9 @@ def run_tests(lane: str, base: Path, only: list[str] | None = None, stop_at: flo
         t0 = time.time()
         rc = sh(cmd, env, log, timeout=4 * 3600)
         state[key] = {"rc": rc, "seconds": round(time.time() - t0, 1)}
-        write_json(lane_dir / "tests.json", state)
+        save_state(lane_dir / "tests.json", state)
         print(f"drift: {lane}: {key}: {'ok' if rc == 0 else f'exit {rc}'} ({state[key]['seconds']} s)", flush=True)
-    write_json(lane_dir / "tests.json", state)
-    return state
+    return save_state(lane_dir / "tests.json", state)
 
 
 # ---------------------------------------------------------------- reading pytest's junit xml
