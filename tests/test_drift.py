@@ -135,8 +135,10 @@ def test_report_lists_every_failure_and_what_did_not_finish(tmp_path):
     _lane(tmp_path, "latest", {"unit": {"rc": 1, "seconds": 50}, "00_probe": {"rc": 1, "seconds": 55},
                                 "01_late": {"rc": None, "not_run": "not finished: the run's time limit came first"}},
           {"unit": "unit.xml", "00_probe": "notebook.xml"})
+    (tmp_path / "latest" / "notes.md").write_text("- ran on a busy machine\n", encoding="utf-8")
     out = tmp_path / "drift.md"
     text = drift.write_report(tmp_path, out)
+    assert "About this run (the lane folder's `notes.md`):\n\n- ran on a busy machine\n" in text
     assert out.read_text(encoding="utf-8") == text
     assert "## Lane `latest`" in text and "Not run for this report: `pinned`, `pre`." in text
     assert "| torch | 2.13.0 | 9.9.9 (moved) |" in text and "| unsloth | 2026.10.9 | not installed |" in text
@@ -146,6 +148,7 @@ def test_report_lists_every_failure_and_what_did_not_finish(tmp_path):
     assert "| TrainingArguments(evaluation_strategy=) |" in text
     assert "| `01_late` | — | not finished: the run's time limit came first | — |" in text
     assert "0 ✓ · 1–2 ✗ · 3 ✓" in text
+    assert "| `05_pruning` | — | not finished: no result recorded" in text  # every notebook is listed
     res = drift.load_lane("latest", tmp_path)
     assert res.not_finished == ["01_late"] and not drift.lane_ok(res)
 
@@ -170,6 +173,12 @@ def test_notes_explain_by_pattern(monkeypatch):
     assert drift.explain(case) == "renamed to eval_strategy"
     monkeypatch.setattr(drift, "NOTES", {})
     assert drift.explain(case) == ""
+
+
+def test_notes_match_the_explained_failures():
+    pins = drift.Case("tests/test_deps.py", "t", "failed", text="E   AssertionError: torch 2.15.0 ≠ 2.13.0")
+    flops = drift.Case("tests/test_bench_efficiency.py", "t", "failed", text="E       AssertionError: assert 44028.0 == 44032")
+    assert drift.explain(pins).startswith("By design") and "rotary" in drift.explain(flops)
 
 
 def test_fixture_notebook_is_stripped():
