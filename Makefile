@@ -17,7 +17,8 @@ NB_ENV      := COURSE_PROFILE=cpu COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_O
 REHEARSE_ENV := COURSE_PROFILE=gpu COURSE_REHEARSAL=1 COURSE_STRICT=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
                TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 
-.PHONY: setup lab test lint unit notebooks rehearse-gpu gpu-check images badges strip bench clean
+.PHONY: setup lab test lint unit notebooks rehearse-gpu gpu-check images badges strip bench clean \
+        drift drift-setup drift-test drift-report
 
 setup: $(STAMP)
 
@@ -71,6 +72,25 @@ browser-test: setup
 	COURSE_BROWSER_TEST=1 $(PY) -m pytest tests/browser -q -p no:cacheprovider -rfE --durations=5
 
 test: lint unit notebooks rehearse-gpu browser-test
+
+# Dependency drift (README, "Dependency drift"): the unit tests and every notebook (cpu profile) in up to three
+# lanes, each in its own venv under DRIFT_DIR (default ~/.cache/course-kit/drift): pinned (what `make setup`
+# installs), latest (newest torch/transformers/trl/peft/datasets/accelerate/bitsandbytes, no Unsloth), pre
+# (`pip install --pre`, allowed to fail). Writes docs/drift.md. Slow (a whole course per lane): not in `make test`.
+LANES       ?= pinned,latest,pre
+DRIFT_ARGS  := $(if $(DRIFT_DIR),--dir $(DRIFT_DIR))
+
+drift:
+	$(PYTHON) scripts/drift.py run $(LANES) $(DRIFT_ARGS)
+
+drift-setup:
+	$(PYTHON) scripts/drift.py setup $(LANES) $(DRIFT_ARGS)
+
+drift-test:
+	$(PYTHON) scripts/drift.py test $(LANES) $(DRIFT_ARGS)
+
+drift-report:
+	$(PYTHON) scripts/drift.py report $(DRIFT_ARGS)
 
 images: setup
 	$(PY) -m course_utils.images

@@ -41,9 +41,13 @@ def _mm_flops_per_token(model, backward: bool) -> float:
         out = model(input_ids=ids, labels=ids)
         if backward:
             out.loss.backward()
-    head_dim = model.config.hidden_size // model.config.num_attention_heads
-    rotary = 2 * (head_dim // 2) * T   # inv_freq (1, d/2, 1) @ position ids (1, 1, T): once per forward, not per row
-    return (counter.get_total_flops() - rotary) / (B * T)
+    # the rotary embedding's inv_freq @ position ids, once per forward, not per row: measured, since the latest
+    # stack (torch 2.15, transformers 5.24) no longer dispatches it as a matmul (the pins do: 2·head_dim/2·T); docs/drift.md
+    inner = (model.get_base_model() if hasattr(model, "get_base_model") else model).model  # peft wraps it
+    rotary = FlopCounterMode(display=False)
+    with rotary, torch.no_grad():
+        inner.rotary_emb(inner.embed_tokens(ids), torch.arange(T)[None])
+    return (counter.get_total_flops() - rotary.get_total_flops()) / (B * T)
 
 
 @pytest.mark.parametrize("tie", [False, True])
