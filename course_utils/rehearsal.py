@@ -276,21 +276,23 @@ def _wrap_module_to(orig):
         if device is not None and _is_cuda_device(device):
             place(out)
         elif device is not None:
-            for t in list(out.parameters()) + list(out.buffers()):
-                _mark(t, False)
-            out._course_on_gpu = False
+            _unplace(out)
         return out
     return to
+
+
+def _unplace(module):
+    """Mark a module's parameters and buffers as back on the CPU (``.to("cpu")``, ``.cpu()``)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        _mark(t, False)
+    module._course_on_gpu = False
+    return module
 
 
 def _wrap_module_cpu(orig):
     @functools.wraps(orig)
     def cpu(self):
-        out = orig(self)
-        for t in list(out.parameters()) + list(out.buffers()):
-            _mark(t, False)
-        out._course_on_gpu = False
-        return out
+        return _unplace(orig(self))
     return cpu
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import distill as D
+from course_utils import distillation as D
 from course_utils.course import marked_cell
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_distillation.ipynb"

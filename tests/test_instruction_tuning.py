@@ -1,4 +1,4 @@
-"""course_utils.instruct: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
+"""course_utils.instruction_tuning: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
 
 import math
 import random
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import instruct as I
+from course_utils import instruction_tuning as I
 from course_utils.course import marked_cell
 from course_utils.data import load_rows
 from course_utils.train import IGNORE_INDEX

@@ -1,4 +1,4 @@
-"""course_utils.lora: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
+"""course_utils.lora_math: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
 
 import copy
 import math
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import lora
+from course_utils import lora_math as lora
 from course_utils.course import NOTEBOOK_DIR, marked_cell
-from course_utils.lora import (
+from course_utils.lora_math import (
     LoRALinear,
     copy_lora_to_peft,
     delta_weight,
@@ -299,7 +299,7 @@ def test_notebook_inline_core_agrees_with_package(use_rslora):
 
 
 def test_cached_prefix_gives_the_full_models_loss_and_gradients(tiny_llama, toy_batch):
-    from course_utils.lora import cache_frozen_prefix, top_layers_only
+    from course_utils.lora_math import cache_frozen_prefix, top_layers_only
 
     inject_lora(tiny_llama, ["q_proj", "down_proj"], r=2, layers_to_transform=[1])
     _perturb_B(tiny_llama)

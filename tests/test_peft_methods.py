@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import adapters as A
+from course_utils import models
+from course_utils import peft_methods as A
 from course_utils.course import marked_cell
 from course_utils.models import count_parameters
 from course_utils.train import train
@@ -183,7 +184,7 @@ def test_dir_size_bytes(tmp_path):
     (tmp_path / "a").write_bytes(b"x" * 10)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
-    assert A.dir_size_bytes(tmp_path) == 15 and A.dir_size_bytes(tmp_path / "a") == 10
+    assert models.dir_size_bytes(tmp_path) == 15 and models.dir_size_bytes(tmp_path / "a") == 10
 
 
 def test_prompt_initialised_from_text_equals_prompting_with_that_text(tiny_llama, toy_batch):

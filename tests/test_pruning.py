@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
-from course_utils import prune as P
+from course_utils import pruning as P
 from course_utils.course import marked_cell
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_pruning.ipynb"

@@ -1,4 +1,4 @@
-"""course_utils.quant: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
+"""course_utils.quantization: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
 
 import math
 from pathlib import Path
@@ -7,7 +7,8 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from course_utils import quant as Q
+from course_utils import quantization as Q
+from course_utils.bench import quant as bench_quant
 from course_utils.course import marked_cells
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
@@ -318,7 +319,7 @@ def test_dynamic_int8_skips_named_layers_and_finds_outlier_inputs(tiny_llama, to
 
 
 def test_bench_nf4_prints_a_ratio(capsys):
-    res = Q.bench_nf4(size=256, repeats=1)
+    res = bench_quant.bench_nf4(size=256, repeats=1)
     assert res["ratio"] > 0 and res["max_abs_diff"] < 0.01 and "ratio ours/bnb" in capsys.readouterr().out
 
 
@@ -329,7 +330,7 @@ def _inline_namespace() -> dict:
     marked = marked_cells(NOTEBOOK, "# inline-def:")
     assert len(marked) >= 3, "the notebook should mark its from-scratch cells with '# inline-def:'"
     ns: dict = {}
-    exec("import math\nimport torch\nfrom course_utils import quant as Q", ns)  # the setup cell's imports
+    exec("import math\nimport torch\nfrom course_utils import quantization as Q", ns)  # the setup cell's imports
     for s in marked:
         exec(compile(s, str(NOTEBOOK), "exec"), ns)   # our own notebook's cells
     return ns

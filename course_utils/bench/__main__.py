@@ -1,53 +1,27 @@
 """Benchmarks that print ratios measured in one run (never timed tests): ``python -m course_utils.bench NAME``.
 
-    $ python -m course_utils.bench quant     # our NF4 quantize+dequantize vs bitsandbytes, 4096×4096
-    $ python -m course_utils.bench qlora     # plain transformers+peft+bnb QLoRA vs Unsloth (GPU; tiny on CPU)
-    $ python -m course_utils.bench chatbot   # feedback writes/s, one training round, UI latency under training
+    $ python -m course_utils.bench quant        # our NF4 quantize+dequantize vs bitsandbytes, 4096×4096
+    $ python -m course_utils.bench qlora        # plain transformers+peft+bnb QLoRA vs Unsloth (GPU; tiny on CPU)
+    $ python -m course_utils.bench chatbot      # feedback writes/s, one training round, UI latency under training
     $ python -m course_utils.bench efficiency   # LoRA/QLoRA/full steps and generation vs the machine's own limits
     $ python -m course_utils.bench all
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
-
-def _quant() -> dict:
-    from course_utils.quant import bench_nf4
-
-    return bench_nf4()
+# name → (module of course_utils.bench, the function that runs it and returns what it measured)
+BENCHES = {"quant": ("quant", "bench_nf4"), "qlora": ("qlora", "bench_qlora"),
+           "chatbot": ("chatbot", "run_benchmarks"), "efficiency": ("efficiency", "run")}
 
 
-def _qlora() -> dict:
-    from course_utils.qlora import bench_qlora
-
-    return bench_qlora()
-
-
-def _chatbot() -> dict:
-    from course_utils.chatbot import bench_feedback_writes, bench_training_round, bench_ui_latency
-
-    return {"feedback_writes": bench_feedback_writes(), "training_round": bench_training_round(),
-            "ui_latency": bench_ui_latency()}
-
-
-def _efficiency() -> dict:
-    from course_utils.bench_efficiency import run
-
-    return run()
-
-
-BENCHES = {"quant": _quant, "qlora": _qlora, "chatbot": _chatbot, "efficiency": _efficiency}
-MODULES = {"quant": "course_utils.quant", "qlora": "course_utils.qlora", "chatbot": "course_utils.chatbot",
-           "efficiency": "course_utils.bench_efficiency"}
-
-
-def available(name: str) -> bool:
-    """True when the lesson module behind a benchmark is installed (lessons land one by one)."""
-    import importlib.util
-
-    return importlib.util.find_spec(MODULES[name]) is not None
+def run(name: str):
+    """Run one benchmark (its module is imported only now: each pulls in a different stack)."""
+    module, fn = BENCHES[name]
+    return getattr(importlib.import_module(f"course_utils.bench.{module}"), fn)()
 
 
 def main(argv: list[str]) -> int:
@@ -58,11 +32,7 @@ def main(argv: list[str]) -> int:
         return 2
     for name in names:
         print(f"=== {name} ===")
-        if not available(name):
-            print(f"skipped: {MODULES[name]} is not part of this checkout yet")
-            continue
-        result = BENCHES[name]()
-        print(json.dumps(result, indent=1, default=str))
+        print(json.dumps(run(name), indent=1, default=str))
     return 0
 
 

@@ -17,7 +17,6 @@ therefore also keeps the manifest's own SHA-256 in its database and passes it as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from course_utils.models import sha256_file
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -37,15 +38,6 @@ _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 class AdapterIntegrityError(RuntimeError):
     """An adapter folder failed verification (missing, extra, pickled or tampered file); it was not loaded."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:

@@ -356,7 +356,7 @@ class FeedbackStore:
 
 _WRITER = """
 import sys
-from course_utils.chatbot_store import FeedbackStore
+from course_utils.chatbot.store import FeedbackStore
 
 store = FeedbackStore(sys.argv[1], synchronous=sys.argv[2])
 for i in range(10**9):
