@@ -66,6 +66,15 @@ COURSE_MAP = [
            "multi-GPU to run for real"),
 ]
 
+# Each lesson's module (``course_utils/<module>.py``, or the package ``course_utils/<module>/``) and its tests
+# (``tests/test_<module>.py``); notebook 00's setup lesson shows the preflight.
+LESSON_MODULES = {"00_setup_and_tour.ipynb": "preflight", "01_fine_tuning_basics.ipynb": "fine_tuning",
+                  "02_peft_methods.ipynb": "peft_methods", "03_lora_math.ipynb": "lora_math",
+                  "04_quantization.ipynb": "quantization", "05_pruning.ipynb": "pruning",
+                  "06_distillation.ipynb": "distillation", "07_qlora_unsloth_translation.ipynb": "qlora",
+                  "08_instruction_tuning.ipynb": "instruction_tuning", "09_capstone_tax_chatbot.ipynb": "chatbot",
+                  "10_scaling_out.ipynb": "scaling"}
+
 
 def colab_url(notebook: str) -> str:
     """The Colab address of a notebook of this repository."""

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_inline
 from course_utils.chatbot import bot as cb
 from course_utils.chatbot.backend import LoraBackend, fit_prompt
 from course_utils.chatbot.bot import Chatbot, ChatbotConfig, should_accept
 from course_utils.chatbot.registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
 from course_utils.chatbot.store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
-from course_utils.course import marked_cell
 from course_utils.models import chat_prompt
 
 GOOD = dict(question="부가가치세 세율은 몇 퍼센트인가요?", answer="기본세율은 10%입니다.", quality=0.9, domain="tax")
@@ -580,13 +580,8 @@ class TestLoraBackend:
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "09_capstone_tax_chatbot.ipynb"
 
 
-def _inline(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_gate_matches_package():
-    ns = {}
-    exec(_inline("# inline: eval gate"), ns)
+    ns = run_inline(NOTEBOOK.name, "eval gate")
     for live, cand, tol in itertools_product():
         assert ns["should_accept"](live, cand, tol) == should_accept(live, cand, tol), (live, cand, tol)
 
@@ -598,9 +593,7 @@ def itertools_product():
 
 
 def test_notebook_inline_pragmas_match_package(tmp_path):
-    src = _inline("# inline: open the feedback database")
-    ns = {}
-    exec(src, ns)
+    ns = run_inline(NOTEBOOK.name, "open the feedback database")
     conn = ns["open_feedback_db"](tmp_path / "nb.db")
     with FeedbackStore(tmp_path / "pkg.db") as store:
         for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys"):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_inline
 from course_utils import fine_tuning as F
 from course_utils import memory as M
 from course_utils import models
-from course_utils.course import marked_cell
 from course_utils.models import count_parameters
 from course_utils.train import train
 
@@ -205,13 +205,8 @@ def test_memory_breakdown_orders_methods_and_sums():
 
 # --------------------------------------------------------------------------- the notebook's inline versions
 
-def _inline_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_freeze_agrees_with_package():
-    ns: dict = {}
-    exec(_inline_cell("# inline: freeze"), ns)
+    ns = run_inline(NOTEBOOK.name, "freeze")
     for strategy in F.STRATEGIES:
         a, b = _tiny(), _tiny()
         assert ns["freeze"](a, strategy, n_last=1) == F.freeze(b, strategy, n_last=1)
@@ -220,8 +215,7 @@ def test_notebook_inline_freeze_agrees_with_package():
 
 
 def test_notebook_inline_memory_formula_agrees_with_package():
-    ns: dict = {"ModelShape": M.ModelShape, "NF4_DQ_BYTES": M.NF4_DQ_BYTES}
-    exec(_inline_cell("# inline: memory"), ns)
+    ns = run_inline(NOTEBOOK.name, "memory")
     tiny = M.ModelShape.from_config(_tiny().config, "tiny")
     for shape in (tiny, M.PHI3_MINI, M.LLAMA_7B):
         for method in ("full", "lora", "qlora"):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run_inline
 from course_utils import lora_math as lora
-from course_utils.course import NOTEBOOK_DIR, marked_cell
+from course_utils.course import NOTEBOOK_DIR
 from course_utils.lora_math import (
     LoRALinear,
     copy_lora_to_peft,
@@ -27,7 +28,6 @@ from course_utils.lora_math import (
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NOTEBOOK = NOTEBOOK_DIR / "03_lora_math.ipynb"
-MARKER = "# lora-core"
 
 
 def _perturb_B(model: nn.Module, std: float = 0.05, seed: int = 1) -> None:
@@ -261,16 +261,9 @@ def test_parity_with_peft_embedded_model(embedded):
 # --------------------------------------------------------------------------- the notebook's inline core
 
 
-def _inline_core() -> dict:
-    """Execute the notebook cell marked ``# lora-core`` and return its namespace."""
-    ns: dict = {}
-    exec(compile(marked_cell(NOTEBOOK, MARKER), str(NOTEBOOK) + ":lora-core", "exec"), ns)
-    return ns
-
-
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_notebook_inline_core_agrees_with_package(use_rslora):
-    ns = _inline_core()
+    ns = run_inline(NOTEBOOK.name, "lora-core")
     assert ns["lora_scaling"](16, 8, use_rslora) == lora_scaling(16, 8, use_rslora)
     torch.manual_seed(0)
     base = nn.Linear(24, 40)

@@ -29,6 +29,20 @@ def test_course_map_matches_notebooks_on_disk():
     assert [p.name for p in NOTEBOOKS] == in_map, "the course map lists the lessons in file order"
 
 
+def test_every_lesson_has_its_module_and_tests():
+    """notebooks/NN_topic.ipynb ↔ course_utils/<module>.py (or package) ↔ tests/test_<module>.py, for all lessons."""
+    repo = course.NOTEBOOK_DIR.parent
+    assert list(course.LESSON_MODULES) == [lesson.file for lesson in course.COURSE_MAP]
+    for notebook, module in course.LESSON_MODULES.items():
+        code = repo / "course_utils" / f"{module}.py"
+        package = repo / "course_utils" / module / "__init__.py"
+        assert code.exists() != package.exists(), f"{notebook}: expected course_utils/{module}.py or {module}/"
+        assert (repo / "tests" / f"test_{module}.py").exists(), f"{notebook}: tests/test_{module}.py is missing"
+    stems = [n.split("_", 1)[1].removesuffix(".ipynb") for n in course.LESSON_MODULES]
+    named = [m for n, m in zip(stems, course.LESSON_MODULES.values()) if m in n or n.split("_")[0] in m]
+    assert len(named) >= len(stems) - 1, "a lesson module is not named after its lesson (00's preflight aside)"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
     dirty = [i for i, c in enumerate(_cells(path))

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_inline
 from course_utils import qlora
 from course_utils.bench import qlora as bench_qlora
-from course_utils.course import marked_cell
 from course_utils.exercises import nb07
 from course_utils.quantization import bits_per_param
 
@@ -245,13 +245,8 @@ def test_footprint_arithmetic_matches_bitsandbytes(tiny_checkpoint):
         qlora.footprint_bytes(n_q, n_other, NF4_DQ, 4), rel=0.01)
 
 
-def _notebook_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_footprint_agrees_with_package():
-    ns: dict = {}
-    exec(_notebook_cell("# inline: course_utils.qlora footprint"), ns)
+    ns = run_inline(NOTEBOOK.name, "course_utils.qlora footprint")
     for args in [(3_623_878_656, 197_200_896, 4.127, 2), (100, 7, 4, 4)]:
         assert ns["footprint_bytes"](*args) == qlora.footprint_bytes(*args)
 

@@ -7,9 +7,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
+from conftest import run_inline
 from course_utils import quantization as Q
 from course_utils.bench import quant as bench_quant
-from course_utils.course import marked_cells
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
 SHAPES = [(64, 64), (33, 77), (1000,), (3, 5, 7), (1, 1)]   # most are not multiples of the block size
@@ -326,13 +326,10 @@ def test_bench_nf4_prints_a_ratio(capsys):
 # --------------------------------------------------------------------------- notebook ↔ package
 
 def _inline_namespace() -> dict:
-    """Execute the notebook cells marked ``# inline-def:`` (the from-scratch definitions) in one namespace."""
-    marked = marked_cells(NOTEBOOK, "# inline-def:")
-    assert len(marked) >= 3, "the notebook should mark its from-scratch cells with '# inline-def:'"
+    """Execute the notebook's from-scratch cells (marked ``# inline: …``) in one namespace."""
     ns: dict = {}
-    exec("import math\nimport torch\nfrom course_utils import quantization as Q", ns)  # the setup cell's imports
-    for s in marked:
-        exec(compile(s, str(NOTEBOOK), "exec"), ns)   # our own notebook's cells
+    for name in ("linear quantization", "NF4 codebook", "blockwise absmax quantization", "straight-through estimator"):
+        run_inline(NOTEBOOK.name, name, ns)
     return ns
 
 
