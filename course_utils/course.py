@@ -176,6 +176,19 @@ def sync_problems(path: Path) -> list[str]:
     return problems
 
 
+def notebook_text(nb: dict) -> str:
+    """A notebook as the course stores it, after ``nbformat.validate`` (raises on an invalid notebook).
+
+    Written with ``json`` and not ``nbformat.write``: nbformat stores each cell's source as a list of lines and
+    sorts the keys, so an unchanged notebook would not stay byte-identical (indent 1, UTF-8 as is, one string
+    per cell source, the keys in their order).
+    """
+    import nbformat
+
+    nbformat.validate(nb)
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
 def sync(path: Path) -> None:
     """Rewrite a notebook's badge line and setup cell from the templates."""
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -185,7 +198,7 @@ def sync(path: Path) -> None:
     for c in nb["cells"]:
         if "setup" in c.get("metadata", {}).get("tags", []):
             c["source"] = setup_cell_source()
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(notebook_text(nb), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- images: attachments written from images/
@@ -274,7 +287,7 @@ def sync_images(path: Path, image_dir: Path = IMAGE_DIR) -> bool:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     nb = sync_images_nb(json.loads(text), image_dir, name=path.name)
-    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    new = notebook_text(nb)
     if new == text:
         return False
     path.write_text(new, encoding="utf-8")
@@ -324,7 +337,7 @@ def strip(path: Path) -> bool:
         if c["cell_type"] == "code":
             c["outputs"], c["execution_count"] = [], None
     nb.get("metadata", {}).pop("widgets", None)
-    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    new = notebook_text(nb)
     path.write_text(new, encoding="utf-8")
     return new != text
 

@@ -7,7 +7,7 @@ per-GPU sharding of notebook 10 (``course_utils.scaling``) and QLoRA's whole-mod
 
 >>> shape = ModelShape("toy", layers=2, hidden=8, intermediate=16, heads=2, kv_dim=8, vocab=32)
 >>> shape.linear_params, shape.lora_params(4)
-(1024, 704)
+(1280, 1088)
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def memory_breakdown(shape: ModelShape, method: str = "full", *, batch: int = 1,
     ``act_bytes`` (default: ``weight_bytes``).
 
     >>> round(memory_breakdown(PHI3_MINI, "full", batch=4, seq_len=512)["total"] / 1e9)
-    78
+    70
     """
     P, act_bytes = shape.params, act_bytes or weight_bytes
     acts = float(activation_values(shape, method, r, checkpointing) * batch * seq_len * act_bytes)

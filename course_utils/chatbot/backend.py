@@ -35,8 +35,9 @@ def fit_prompt(tokenizer, question: str, system: str, seq_len: int) -> str:
     """The chat prompt of ``question``, its question shortened (ending in "…") if needed so that at least
     a third of ``seq_len`` is left for answer tokens — a fully truncated answer would have no loss at all.
 
-    >>> len(tokenizer(fit_prompt(tok, "부가가치세" * 100, SYSTEM_PROMPT, 128))["input_ids"]) <= 128 * 2 // 3
-    True
+    Example::
+
+        len(tok(fit_prompt(tok, "부가가치세" * 100, SYSTEM_PROMPT, 128))["input_ids"]) <= 128 * 2 // 3   # True
     """
     budget = seq_len - seq_len // 3
     prompt = chat_prompt(tokenizer, question, system)

@@ -52,9 +52,7 @@ class ChatbotConfig:
     replay_ratio: replayed older records per new record; tolerance: how much worse (relative held-out
     loss) a candidate may be and still go live; steps/lr/batch_size/seq_len: the round's LoRA fine-tune;
     r/lora_alpha/target_modules: the LoRA shape (peft names); top_layers: put LoRA only on the last
-    ``top_layers`` transformer layers (None = all) — the backward pass then stops there. Measured on the
-    embedded SmolLM2 (4 × 128 tokens, all seven projections, one thread on a busy 2-core machine): 5.1
-    CPU-seconds per step with the last 8 of 30 layers vs 8.0 with all 30.
+    ``top_layers`` transformer layers (None = all) — the backward pass then stops there.
     """
 
     n_trigger: int = DEFAULT_N_TRIGGER
@@ -69,6 +67,8 @@ class ChatbotConfig:
     r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = LORA_TARGETS
+    # one measurement (embedded SmolLM2, 4 × 128 tokens, all seven projections, one thread on a busy 2-core
+    # machine): 5.1 CPU-seconds per step with LoRA on the last 8 of 30 layers vs 8.0 with all 30
     top_layers: int | None = None
     max_new_tokens: int = 48
     system: str = SYSTEM_PROMPT
@@ -80,6 +80,7 @@ class ChatbotConfig:
         runs the profile's steps but at most two passes over its examples; on a CPU, LoRA only in the last
         8 layers.
 
+        >>> from course_utils.runtime import settings
         >>> ChatbotConfig.from_settings(settings("cpu")).seq_len
         128
         """

@@ -6,9 +6,11 @@ under a temporary name, fsync'ed, then renamed with ``os.replace`` — readers s
 Loading never unpickles: any other file (``.bin``, ``.pt``, ``.pkl`` …) is refused, every hash is checked,
 and the tensors are read with ``safetensors`` only.
 
-    >>> reg = AdapterRegistry("outputs/chatbot/adapters")
-    >>> v = reg.save("tax", state_dict, {"r": 8, ...})        # → 1
-    >>> state, config, manifest = reg.load("tax", v)
+Example::
+
+    reg = AdapterRegistry("outputs/chatbot/adapters")
+    v = reg.save("tax", state_dict, {"r": 8, ...})        # → 1
+    state, config, manifest = reg.load("tax", v)
 
 What the manifest proves: the files are the ones written (a flipped byte or a swapped file is caught). It
 is not a signature: someone who can rewrite the folder can also rewrite ``manifest.json``; the chatbot

@@ -3,8 +3,10 @@
 Only widgets and traits that ipywidgets 7 (Colab) and 8 (JupyterLab) share are used. Every handler is a
 plain method, so a notebook (or CI) can drive the widget from code: ``ui.ask("…")``, ``ui.rate("up")``.
 
-    >>> ui = ChatUI(bot)
-    >>> display(ui.widget)
+Example::
+
+    ui = ChatUI(bot)
+    display(ui.widget)
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ TOLERANCE = 0.01
 
 def gate_decisions() -> list[bool]:
     """The package's gate applied to ``ROUNDS`` with ``TOLERANCE``."""
-    from course_utils.chatbot import should_accept
+    from course_utils.chatbot.bot import should_accept
 
     return [should_accept(live, cand, TOLERANCE) for live, cand in ROUNDS]
 
