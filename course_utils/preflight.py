@@ -13,6 +13,9 @@ A notebook's need is the peak of its heaviest step (the weights of every model i
 the training memory of the one it trains), plus the Python process on a CPU. It is an estimate from the
 formulas, not a measurement; on the cpu profile it was checked against each notebook's peak RSS (see
 ``CPU_PROCESS_BYTES``).
+
+Why one module of ~490 lines: most of it is the per-notebook table of heaviest steps, data that belongs
+together with the one formula that prices it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Example::
     model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)  # model_source: course_utils.models
     model = add_lora(model, r=16, lora_alpha=16)
     translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
+
+Why one module of ~600 lines: it is notebook 07's whole code path, each helper in two backends (Unsloth and
+transformers + peft + bitsandbytes) that must stay side by side to stay alike.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ bitsandbytes in ``tests/test_quantization.py``. Notebook 04 shows the core defin
     >>> packed, state = quantize_4bit(w, "nf4", blocksize=64, double_quant=True)          # bitsandbytes layout
     >>> torch.equal(dequantize_4bit(packed, state), bnb_dequantize_4bit(...))
     >>> bits_per_param(64, double_quant=True)                                             # 4.127
+
+Why one module of ~630 lines: it is notebook 04 end to end (formats, linear quantization, NF4/FP4, blockwise
+and double quantization, QAT, outliers), each piece tested against bitsandbytes here.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Checkpoints that measure learning on real weights cannot hold on random stand-in
 
     $ python -m course_utils.rehearsal build        # the stand-in cache (about 10 s, once)
     $ make rehearse-gpu                             # every notebook, gpu profile, on the CPU
+
+Why one module of ~580 lines: the simulated GPU is one mechanism (placement marks, the patched torch /
+transformers / peft / Unsloth entry points, the audit); split, its patches would be harder to see together.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ Counting FLOPs (the convention used here and tested in ``tests/test_bench.py``):
 Timings are the best of a few repeats after one warm-up (``REPEATS`` = 2 for the steps and generation, 5 for the
 machine probes): the best is the measurement least disturbed by other work on a shared machine. The load average
 at the start is printed, because on a shared machine every ratio here is a lower bound.
+
+Why one module of ~410 lines: one benchmark, its FLOP and bandwidth arithmetic next to the measurements.
 """
 
 from __future__ import annotations
