@@ -183,9 +183,14 @@ def notebook_text(nb: dict) -> str:
     sorts the keys, so an unchanged notebook would not stay byte-identical (indent 1, UTF-8 as is, one string
     per cell source, the keys in their order).
     """
+    import copy
+    import warnings
+
     import nbformat
 
-    nbformat.validate(nb)
+    with warnings.catch_warnings():  # nbformat adds missing cell ids to what it validates: give it a copy
+        warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
+        nbformat.validate(copy.deepcopy(nb))
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
