@@ -5,16 +5,13 @@ Each lesson's final definitions live here once; notebooks import earlier topics 
     >>> from course_utils.runtime import settings, print_env
     >>> from course_utils.models import load_model, load_tokenizer
 
-Importing the package applies the offline defaults of the cpu profile (``HF_HUB_OFFLINE=1`` …)
-before any Hugging Face library is imported, so a hub model asked for offline fails at once.
+Importing the package changes nothing: the offline defaults of the cpu profile (``HF_HUB_OFFLINE=1`` …) are
+applied by ``runtime.settings()``, which every notebook's setup cell calls before any Hugging Face library is
+imported, and by the model loaders of ``course_utils.models``.
 """
-
-from course_utils.runtime import apply_offline_defaults
 
 __version__ = "0.1.0"
 
 # The one place the repository address lives: badges, the Colab setup cell and the README use it.
 REPO_SLUG = "efficient-llm-course/llm-finetuning-course-kit"
 REPO_URL = f"https://github.com/{REPO_SLUG}"
-
-apply_offline_defaults()

@@ -28,6 +28,8 @@ versions). Its names are listed under ``skipped`` with that reason.
 
     $ python -m course_utils.api_check            # exit status 1 when there is a problem
     notebook 08 cell 16: trl.SFTConfig (via course_utils.trl_compat.sft_config) got unknown keyword 'tokenizer'
+
+Why one module of ~600 lines: one table of the library APIs the course relies on, with a probe each.
 """
 
 from __future__ import annotations

@@ -66,6 +66,15 @@ COURSE_MAP = [
            "multi-GPU to run for real"),
 ]
 
+# Each lesson's module (``course_utils/<module>.py``, or the package ``course_utils/<module>/``) and its tests
+# (``tests/test_<module>.py``); notebook 00's setup lesson shows the preflight.
+LESSON_MODULES = {"00_setup_and_tour.ipynb": "preflight", "01_fine_tuning_basics.ipynb": "fine_tuning",
+                  "02_peft_methods.ipynb": "peft_methods", "03_lora_math.ipynb": "lora_math",
+                  "04_quantization.ipynb": "quantization", "05_pruning.ipynb": "pruning",
+                  "06_distillation.ipynb": "distillation", "07_qlora_unsloth_translation.ipynb": "qlora",
+                  "08_instruction_tuning.ipynb": "instruction_tuning", "09_capstone_tax_chatbot.ipynb": "chatbot",
+                  "10_scaling_out.ipynb": "scaling"}
+
 
 def colab_url(notebook: str) -> str:
     """The Colab address of a notebook of this repository."""
@@ -167,6 +176,24 @@ def sync_problems(path: Path) -> list[str]:
     return problems
 
 
+def notebook_text(nb: dict) -> str:
+    """A notebook as the course stores it, after ``nbformat.validate`` (raises on an invalid notebook).
+
+    Written with ``json`` and not ``nbformat.write``: nbformat stores each cell's source as a list of lines and
+    sorts the keys, so an unchanged notebook would not stay byte-identical (indent 1, UTF-8 as is, one string
+    per cell source, the keys in their order).
+    """
+    import copy
+    import warnings
+
+    import nbformat
+
+    with warnings.catch_warnings():  # nbformat adds missing cell ids to what it validates: give it a copy
+        warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
+        nbformat.validate(copy.deepcopy(nb))
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
 def sync(path: Path) -> None:
     """Rewrite a notebook's badge line and setup cell from the templates."""
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -176,7 +203,7 @@ def sync(path: Path) -> None:
     for c in nb["cells"]:
         if "setup" in c.get("metadata", {}).get("tags", []):
             c["source"] = setup_cell_source()
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(notebook_text(nb), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- images: attachments written from images/
@@ -265,7 +292,7 @@ def sync_images(path: Path, image_dir: Path = IMAGE_DIR) -> bool:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     nb = sync_images_nb(json.loads(text), image_dir, name=path.name)
-    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    new = notebook_text(nb)
     if new == text:
         return False
     path.write_text(new, encoding="utf-8")
@@ -315,7 +342,7 @@ def strip(path: Path) -> bool:
         if c["cell_type"] == "code":
             c["outputs"], c["execution_count"] = [], None
     nb.get("metadata", {}).pop("widgets", None)
-    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    new = notebook_text(nb)
     path.write_text(new, encoding="utf-8")
     return new != text
 

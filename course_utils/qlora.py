@@ -11,31 +11,45 @@ when it cannot; the helpers then make the same calls either way:
 | ``export_merged`` | ``model.save_pretrained_merged(..., "merged_16bit")`` | 16-bit base + adapter → ``merge_and_unload`` |
 
 Also: chat-format training examples, batched greedy translation with chrF, whole-model NF4 footprints
-(bits per weight from ``course_utils.quant``), LoRA parameter counts (formula from ``course_utils.lora``), and ``bench_qlora`` (plain QLoRA vs Unsloth QLoRA on the Phi-3-mini architecture).
+(bits per weight from ``course_utils.quantization``), LoRA parameter counts (formula from ``course_utils.lora_math``), and the architecture that ``course_utils.bench.qlora`` benchmarks (plain QLoRA vs Unsloth QLoRA on Phi-3-mini).
 
-    >>> backend = detect_backend()
-    >>> model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)
-    >>> model = add_lora(model, r=16, lora_alpha=16)
-    >>> translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
+Example::
+
+    backend = detect_backend()
+    model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)  # model_source: course_utils.models
+    model = add_lora(model, r=16, lora_alpha=16)
+    translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
+
+Why one module of ~600 lines: it is notebook 07's whole code path, each helper in two backends (Unsloth and
+transformers + peft + bitsandbytes) that must stay side by side to stay alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
-import math
 import os
-import subprocess
-import sys
-import tempfile
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from course_utils.data import to_messages
+from course_utils.lora_math import lora_param_count
+from course_utils.memory import PHI3_MINI_SIZES
+from course_utils.models import LORA_TARGETS, dir_size_bytes, generate_replies, load_model, load_tokenizer
+from course_utils.runtime import fast_bf16, real_cuda
+from course_utils.train import IGNORE_INDEX
+
+# Deferred imports: transformers, peft, trl, datasets, bitsandbytes and safetensors are imported inside the
+# functions that use them, because Unsloth must be imported before any of them (it patches them on import;
+# ``detect_backend`` is that first import). The course_utils modules above import none of them.
 
 SYSTEM_PROMPT = "You are an expert translator. Translate the user's English text into Korean."
 # Unsloth's usual targets: every projection of attention (q, k, v, o) and of the MLP (gate, up, down).
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_MODULES = list(LORA_TARGETS)
 # Phi-3 fuses some projections; a split name maps to the fused module when the model has only that one.
 FUSED_PROJECTIONS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
                      "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
@@ -75,7 +89,6 @@ class Backend:
         return "transformers + peft + bitsandbytes (Unsloth unavailable: " + self.reason + ")"
 
 
-PEFT = Backend("peft", "not tried")
 _DETECTED: Backend | None = None
 
 
@@ -100,8 +113,6 @@ def detect_backend(verbose: bool = True, refresh: bool = False) -> Backend:
         except Exception as err:  # Unsloth fails in many ways (ImportError, NotImplementedError, RuntimeError …)
             first = (str(err).strip().splitlines() or [""])[0][:160]
             backend = Backend("peft", f"{type(err).__name__}: {first}")
-    from course_utils.runtime import real_cuda
-
     if not backend.unsloth and real_cuda() and backend.reason != "COURSE_UNSLOTH=0":
         # On a GPU the lesson is Unsloth's: a broken install must not quietly become the plain path.
         raise RuntimeError(
@@ -121,20 +132,6 @@ def _backend(backend: Backend | None) -> Backend:
 
 
 # --------------------------------------------------------------------------- loading and LoRA
-
-def model_source(role: str, profile: str | None = None) -> str:
-    """Hub id or local folder of a registry role, usable with ``from_pretrained`` and Unsloth.
-
-    >>> model_source("translator", "gpu")
-    'unsloth/Phi-3-mini-4k-instruct-bnb-4bit'
-    """
-    from course_utils.models import EMBEDDED, model_id, prepare_embedded
-
-    name = model_id(role, profile)
-    if name is None:
-        raise ValueError(f"role {role!r} has no pretrained model in this profile")
-    return str(prepare_embedded(verbose=False)) if name == EMBEDDED else name
-
 
 def keep_bnb_trainable_layout(model) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel (it breaks backward).
@@ -163,8 +160,6 @@ def load_4bit_model(model_name: str, max_seq_length: int = 2048, dtype=None, bac
         model, tok = b.FastLanguageModel.from_pretrained(model_name=model_name, max_seq_length=max_seq_length,
                                                          load_in_4bit=True, dtype=dtype)
     else:
-        from course_utils.models import load_model, load_tokenizer
-
         model = load_model(model_name, quantization="4bit", dtype=dtype)
         tok = load_tokenizer(model_name)
         tok.padding_side = "right"
@@ -201,8 +196,6 @@ def add_lora(model, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0
     ``use_gradient_checkpointing="unsloth"`` is Unsloth's offloaded checkpointing; the fallback maps any
     truthy value to ordinary gradient checkpointing.
     """
-    import torch
-
     b = _backend(backend)
     targets = lora_targets(model, target_modules)
     if b.unsloth:
@@ -253,8 +246,6 @@ def match_adapter_dtype(model, adapter_dir: str | Path) -> str:
 
     peft upcasts a bf16 adapter to fp32 when loading it; the trained model computed its LoRA path in bf16.
     """
-    import torch
-
     name = saved_adapter_dtype(adapter_dir)
     dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[name]
     for n, p in model.named_parameters():
@@ -293,8 +284,6 @@ def is_lora_param(name: str) -> bool:
 
 def frozen_fingerprint(model) -> dict[str, float]:
     """name → checksum of every non-LoRA parameter (4-bit ones included): equal before and after ⇒ untouched."""
-    import torch
-
     with torch.no_grad():
         return {n: float(p.detach().float().sum()) + float(p.detach().float().abs().sum())
                 for n, p in model.named_parameters() if not is_lora_param(n)}
@@ -304,8 +293,6 @@ def frozen_fingerprint(model) -> dict[str, float]:
 
 def translation_messages(en: str, ko: str | None = None, system: str = SYSTEM_PROMPT) -> list[dict]:
     """Chat messages: system instruction, the English text as the user turn, optionally the Korean answer."""
-    from course_utils.data import to_messages
-
     return to_messages(en, ko, system=system)
 
 
@@ -344,8 +331,8 @@ def translation_dataset(rows: list[dict], system: str = SYSTEM_PROMPT):
 
 def split_by_labels(tokenizer, input_ids: list[int], labels: list[int]) -> tuple[str, str]:
     """(text without loss, text with loss) of one tokenized example: label −100 marks "no loss here"."""
-    off = tokenizer.decode([t for t, y in zip(input_ids, labels) if y == -100])
-    on = tokenizer.decode([t for t, y in zip(input_ids, labels) if y != -100])
+    off = tokenizer.decode([t for t, y in zip(input_ids, labels) if y == IGNORE_INDEX])
+    on = tokenizer.decode([t for t, y in zip(input_ids, labels) if y != IGNORE_INDEX])
     return off, on
 
 
@@ -360,7 +347,7 @@ def loss_split(tokenizer, example: dict) -> tuple[str, str]:
     mask = example.get("completion_mask") or example.get("assistant_masks")
     if mask is None:
         raise KeyError(f"no labels or completion mask in {sorted(example)}")
-    return split_by_labels(tokenizer, ids, [t if m else -100 for t, m in zip(ids, mask)])
+    return split_by_labels(tokenizer, ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)])
 
 
 def collated_loss_split(trainer, index: int = 0) -> tuple[str, str]:
@@ -375,7 +362,7 @@ def collated_loss_split(trainer, index: int = 0) -> tuple[str, str]:
         labels = batch["labels"][0].tolist()
     else:  # pragma: no cover - TRL versions that pass a mask instead of labels
         mask = batch.get("completion_mask", batch.get("assistant_masks"))[0].tolist()
-        labels = [t if m else -100 for t, m in zip(ids, mask)]
+        labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
     if "attention_mask" in batch:
         keep = batch["attention_mask"][0].tolist()
         ids, labels = [t for t, k in zip(ids, keep) if k], [t for t, k in zip(labels, keep) if k]
@@ -401,7 +388,6 @@ def dequantized_once(model, enabled: bool | None = None):
     so outputs are unchanged (tests check this); it costs 16/32-bit memory while the block runs.
     ``enabled=None``: on for CPU models, off on GPUs (their fused kernels do not need it).
     """
-    import torch
     import torch.nn.functional as F  # noqa: N812
 
     if enabled is None:
@@ -436,8 +422,6 @@ def translate(model, tokenizer, sentences: list[str], max_new_tokens: int = 64, 
 
     On CPU the 4-bit weights are dequantized once for the whole call (``dequantized_once``): same outputs.
     """
-    from course_utils.models import generate_replies
-
     with dequantized_once(model):
         return generate_replies(model, tokenizer, [translation_messages(s, system=system) for s in sentences],
                                 max_new_tokens, batch_size)
@@ -449,15 +433,6 @@ def hangul_share(texts: list[str]) -> float:
     hangul = sum(("\uac00" <= c <= "\ud7a3") or ("\u1100" <= c <= "\u11ff") or ("\u3130" <= c <= "\u318f")
                  for c in chars)
     return hangul / max(len(chars), 1)
-
-
-def evaluate_translation(model, tokenizer, rows: list[dict], max_new_tokens: int = 64,
-                         batch_size: int = 8) -> tuple[float, list[str]]:
-    """(corpus chrF, hypotheses) of the model on ``{en, ko}`` rows."""
-    from course_utils.metrics import chrf
-
-    hyps = translate(model, tokenizer, [r["en"] for r in rows], max_new_tokens, batch_size)
-    return chrf(hyps, [r["ko"] for r in rows]), hyps
 
 
 # --------------------------------------------------------------------------- training measurements
@@ -486,11 +461,6 @@ def step_timer():
     return StepTimer()
 
 
-def logged_losses(trainer) -> list[float]:
-    """Training losses the trainer logged (one per step with ``logging_steps=1``)."""
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-
 # --------------------------------------------------------------------------- merged 16-bit export
 
 def unquantized_name(model_name: str) -> str:
@@ -499,8 +469,6 @@ def unquantized_name(model_name: str) -> str:
     >>> unquantized_name("unsloth/Phi-3-mini-4k-instruct-bnb-4bit")
     'unsloth/Phi-3-mini-4k-instruct'
     """
-    import re
-
     return re.sub(r"(-unsloth)?-bnb-4bit$", "", model_name, flags=re.IGNORECASE)
 
 
@@ -509,16 +477,11 @@ def merge_16bit(model_name: str, adapter_dir: str | Path, save_dtype=None):
 
     ``save_dtype``: bf16 on CUDA with bf16 support, else fp16 (no native bf16 on most CPUs).
     """
-    import torch
     from peft import PeftModel
-
-    from course_utils.models import load_model
 
     base = load_model(unquantized_name(model_name))  # 16-bit: merging into 4-bit codes would round ΔW away
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     if save_dtype is None:
-        from course_utils.runtime import fast_bf16
-
         save_dtype = torch.bfloat16 if fast_bf16() else torch.float16  # a T4 has no native bf16
     return merged.to(save_dtype)
 
@@ -546,7 +509,7 @@ def export_merged(model, tokenizer, out_dir: str | Path, model_name: str, adapte
 
 def folder_mb(path: str | Path) -> float:
     """Total size of the files in a folder, in MB (2**20 bytes)."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+    return dir_size_bytes(path) / 2**20
 
 
 # --------------------------------------------------------------------------- footprint arithmetic
@@ -554,7 +517,7 @@ def folder_mb(path: str | Path) -> float:
 def footprint_bytes(n_quantized: int, n_other: int, bits_quantized: float = 4.0, bytes_other: float = 2.0) -> float:
     """Weight memory in bytes: quantized Linear weights at ``bits_quantized`` bits, the rest at ``bytes_other``.
 
-    Bits per NF4 weight come from notebook 04: ``course_utils.quant.bits_per_param(64, double_quant=True)``
+    Bits per NF4 weight come from notebook 04: ``course_utils.quantization.bits_per_param(64, double_quant=True)``
     = 4 + 8/64 + 32/(64·256) ≈ 4.127 (4-bit code + double-quantized block scale).
 
     >>> footprint_bytes(3_623_878_656, 197_200_896, bits_per_param(64, double_quant=True), 2) / 1e9  # Phi-3-mini
@@ -569,8 +532,6 @@ def param_split(model) -> tuple[int, int]:
     Quantized: the weight of every ``nn.Linear`` except the output embedding (``lm_head`` stays 16-bit).
     LoRA matrices, if attached, are not counted.
     """
-    import torch
-
     out_emb = model.get_output_embeddings()
     quantized, skip = 0, set()
     for name, module in model.named_modules():
@@ -601,7 +562,6 @@ def quant_state_bytes(model) -> int:
 
 def meta_model(config):
     """The model of a config on the meta device: shapes and counts without memory or time."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -616,8 +576,7 @@ def phi3_mini_config(tiny: bool = False, layout: str = "phi3"):
     """
     from transformers import LlamaConfig, Phi3Config
 
-    sizes = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    sizes = dict(PHI3_MINI_SIZES)  # the sizes of ``memory.PHI3_MINI``
     if tiny:
         sizes.update(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
@@ -631,10 +590,6 @@ def phi3_mini_config(tiny: bool = False, layout: str = "phi3"):
 def model_lora_params(model, r: int, target_modules: list[str] | None = None) -> int:
     """Parameters LoRA adds to a whole model: ``lora_param_count(d_in, d_out, r)`` = r·(d_in + d_out) summed
     over the targeted Linear layers (notebook 03's formula; A is r×d_in, B is d_out×r)."""
-    import torch
-
-    from course_utils.lora import lora_param_count
-
     targets = set(lora_targets(model, target_modules))
     total = 0
     for name, module in model.named_modules():
@@ -643,198 +598,3 @@ def model_lora_params(model, r: int, target_modules: list[str] | None = None) ->
             if isinstance(linear, torch.nn.Linear):
                 total += lora_param_count(linear.in_features, linear.out_features, r)
     return total
-
-
-# --------------------------------------------------------------------------- GPU benchmark
-
-@dataclass
-class BenchResult:
-    """One path of the QLoRA benchmark."""
-
-    path: str
-    tokens_per_s: float = float("nan")
-    peak_mb: float = float("nan")
-    reserved_mb: float = float("nan")
-    step_s: float = float("nan")
-    losses: list[float] = field(default_factory=list)
-    trainable: int = 0
-    error: str = ""
-
-
-def _write_word_tokenizer(folder: Path, vocab_size: int, max_length: int) -> None:
-    """A word-level tokenizer ``t0 … tN`` so that loaders find one (the benchmark feeds random ids)."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {tok: i for i, tok in enumerate(specials + [f"t{i}" for i in range(vocab_size - len(specials))])}
-    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>", model_max_length=max_length)
-    tok.save_pretrained(folder)
-
-
-def build_random_checkpoint(folder: str | Path, config) -> Path:
-    """Save a randomly initialised model of ``config`` (bf16 on CUDA, fp32 on CPU) plus a tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(folder)
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(0)
-        with torch.device("cuda" if cuda else "cpu"):
-            model = AutoModelForCausalLM.from_config(config)
-        model.save_pretrained(folder, safe_serialization=True)
-    finally:
-        torch.set_default_dtype(previous)
-    del model
-    if cuda:
-        torch.cuda.empty_cache()
-    _write_word_tokenizer(folder, config.vocab_size, config.max_position_embeddings)
-    return folder
-
-
-def _bench_one(path: str, folder: str, steps: int, warmup: int, batch_size: int, seq_len: int, r: int) -> BenchResult:
-    """Load ``folder`` in 4-bit with one backend, add LoRA, train on random tokens; measure (runs in a subprocess)."""
-    if path == "unsloth":
-        backend = Backend("unsloth", version=str(getattr(import_unsloth(), "__version__", "?")))  # before transformers
-    else:
-        backend = Backend("peft", "plain path of the benchmark")
-    import torch
-
-    from course_utils.models import count_parameters
-    from course_utils.train import PeakMemory
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    model, _ = load_4bit_model(folder, max_seq_length=seq_len, dtype=None if cuda else torch.float32,
-                               backend=backend)
-    model = add_lora(model, r=r, lora_alpha=r, use_gradient_checkpointing="unsloth", random_state=0, backend=backend)
-    model.train()
-    res = BenchResult(path, trainable=count_parameters(model)[0])
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4)
-    g = torch.Generator().manual_seed(0)
-    vocab = model.get_input_embeddings().num_embeddings
-    batches = [torch.randint(4, vocab, (batch_size, seq_len), generator=g).to(device)   # (B, T)
-               for _ in range(warmup + steps)]
-    with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        for i, ids in enumerate(batches):
-            if i == warmup:  # the clock starts after warm-up (allocator, kernels, autotuning)
-                if cuda:
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            res.losses.append(float(loss))
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-    res.step_s = elapsed / steps
-    res.tokens_per_s = steps * batch_size * seq_len / elapsed
-    res.peak_mb = mem.peak_mb
-    res.reserved_mb = torch.cuda.max_memory_reserved() / 2**20 if cuda else float("nan")
-    return res
-
-
-def _run_worker(path: str, folder: Path, **kw) -> BenchResult:
-    """Run ``_bench_one`` in a fresh Python: Unsloth patches transformers on import, and peaks stay separate."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "course_utils.qlora", "bench-worker", path, str(folder), str(out),
-               json.dumps(kw)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            return BenchResult(path, error=" | ".join(tail) or f"exit code {proc.returncode}")
-        return BenchResult(**json.loads(out.read_text()))
-
-
-def bench_qlora(steps: int | None = None, batch_size: int | None = None, seq_len: int | None = None, r: int = 16,
-                warmup: int | None = None, layout: str = "phi3", paths=("plain", "unsloth")) -> dict[str, BenchResult]:
-    """Plain transformers + peft + bitsandbytes QLoRA vs Unsloth QLoRA: same batch, length, steps.
-
-    On a GPU: the Phi-3-mini architecture with random weights (``Phi3Config``; speed and memory do not depend
-    on the values, and no hub is needed). Without one: a tiny Phi-3 config on CPU, which only shows the
-    mechanics. Prints tokens/s, peak memory and the Unsloth/plain ratios; returns path → BenchResult.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    steps = steps or (20 if cuda else 3)
-    warmup = warmup if warmup is not None else (3 if cuda else 1)
-    batch_size = batch_size or (4 if cuda else 2)
-    seq_len = seq_len or (1024 if cuda else 64)
-    config = phi3_mini_config(tiny=not cuda, layout=layout)
-    n_params = sum(param_split(meta_model(config)))
-    where = torch.cuda.get_device_name(0) if cuda else "CPU"
-    print(f"QLoRA benchmark · {'Phi-3-mini' if cuda else 'tiny Phi-3'} architecture ({layout} layout, "
-          f"{n_params / 1e9:.3g} B params, random weights) on {where} · batch {batch_size} × {seq_len} tokens · "
-          f"r={r} · {steps} timed steps after {warmup} warm-up")
-    if not cuda:
-        print("No GPU: running a tiny configuration on CPU to show the mechanics. Unsloth's CPU backend is stock "
-              "transformers + peft, so expect ratios near 1; its kernels need a GPU.")
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_random_checkpoint(Path(tmp) / "model", config)
-        for path in paths:
-            results[path] = _run_worker(path, folder, steps=steps, warmup=warmup, batch_size=batch_size,
-                                        seq_len=seq_len, r=r)
-    print(format_bench(results, memory="peak VRAM" if cuda else "peak RSS"))
-    return results
-
-
-def format_bench(results: dict[str, BenchResult], memory: str = "peak VRAM") -> str:
-    """The benchmark table and the Unsloth/plain ratios as text."""
-    names = {"plain": "transformers + peft + bitsandbytes", "unsloth": "Unsloth"}
-    lines = [f"{'path':<36} {'tokens/s':>10} {memory + ' MB':>15} {'s/step':>8} {'trainable':>12}"]
-    for key, res in results.items():
-        if res.error:
-            lines.append(f"{names.get(key, key):<36} failed: {res.error}")
-            continue
-        lines.append(f"{names.get(key, key):<36} {res.tokens_per_s:>10.1f} {res.peak_mb:>15.0f} "
-                     f"{res.step_s:>8.3f} {res.trainable:>12,}")
-    plain, fast = results.get("plain"), results.get("unsloth")
-    if plain and fast and not (plain.error or fast.error):
-        speed = fast.tokens_per_s / plain.tokens_per_s
-        mem = fast.peak_mb / plain.peak_mb
-        lines.append(f"Unsloth / plain: tokens/s ×{speed:.2f} (goal ≥ 1.5) · {memory} ×{mem:.2f} (goal ≤ 0.6) · "
-                     f"Unsloth peak {fast.peak_mb / 1024:.1f} GB (goal ≤ 16 GB)")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m course_utils.qlora bench [--steps N --batch-size B --seq-len T --layout phi3|llama]``."""
-    import argparse
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench-worker"]:
-        path, folder, out, kw = argv[1:5]
-        res = _bench_one(path, folder, **json.loads(kw))
-        Path(out).write_text(json.dumps(res.__dict__))
-        return 0
-    ap = argparse.ArgumentParser(prog="python -m course_utils.qlora")
-    ap.add_argument("command", choices=["bench"])
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--seq-len", type=int)
-    ap.add_argument("--r", type=int, default=16)
-    ap.add_argument("--layout", choices=["phi3", "llama"], default="phi3")
-    args = ap.parse_args(argv)
-    results = bench_qlora(args.steps, args.batch_size, args.seq_len, args.r, layout=args.layout)
-    return 0 if all(not r.error for r in results.values()) and all(math.isfinite(r.tokens_per_s)
-                                                                     for r in results.values()) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,6 +21,9 @@ Checkpoints that measure learning on real weights cannot hold on random stand-in
 
     $ python -m course_utils.rehearsal build        # the stand-in cache (about 10 s, once)
     $ make rehearse-gpu                             # every notebook, gpu profile, on the CPU
+
+Why one module of ~580 lines: the simulated GPU is one mechanism (placement marks, the patched torch /
+transformers / peft / Unsloth entry points, the audit); split, its patches would be harder to see together.
 """
 
 from __future__ import annotations
@@ -276,21 +279,23 @@ def _wrap_module_to(orig):
         if device is not None and _is_cuda_device(device):
             place(out)
         elif device is not None:
-            for t in list(out.parameters()) + list(out.buffers()):
-                _mark(t, False)
-            out._course_on_gpu = False
+            _unplace(out)
         return out
     return to
+
+
+def _unplace(module):
+    """Mark a module's parameters and buffers as back on the CPU (``.to("cpu")``, ``.cpu()``)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        _mark(t, False)
+    module._course_on_gpu = False
+    return module
 
 
 def _wrap_module_cpu(orig):
     @functools.wraps(orig)
     def cpu(self):
-        out = orig(self)
-        for t in list(out.parameters()) + list(out.buffers()):
-            _mark(t, False)
-        out._course_on_gpu = False
-        return out
+        return _unplace(orig(self))
     return cpu
 
 

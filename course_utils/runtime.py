@@ -121,6 +121,7 @@ def settings(profile: str | None = None) -> Settings:
     >>> settings("cpu").device
     'cpu'
     """
+    apply_offline_defaults()  # before any Hugging Face library is imported (they read the variables once)
     name = profile or profile_name()
     if name not in PROFILES:
         raise ValueError(f"profile {name!r} is not one of {PROFILES}")
@@ -211,6 +212,32 @@ def synchronize() -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def wall_times(fn, repeats: int = 7, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of each of ``repeats`` calls of ``fn()`` after ``warmup`` calls (GPU work synced)."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        t0 = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs.
+
+    >>> median_time(lambda: sum(range(10)), repeats=3) >= 0
+    True
+    """
+    times = sorted(wall_times(fn, repeats, warmup))
+    return times[len(times) // 2]
 
 
 def device_of(model) -> torch.device:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from course_utils.quant import bits_per_param
+from course_utils.memory import NF4_DQ_BYTES
 
 GB = 1e9
 SCHEMES = ("ddp", "zero1", "zero2", "zero3", "fsdp_shard_grad_op", "fsdp_full_shard")
@@ -41,7 +41,7 @@ class Precision:
 MIXED_ADAMW = Precision()
 FP32_ADAMW = Precision(weight=4.0, grad=4.0, optimizer=8.0, frozen=4.0)  # no master copy: m and v only
 # NF4 with double quantization (blocks of 64, notebook 04): 4 + 8/64 + 32/(64·256) ≈ 4.127 bits ≈ 0.516 B
-NF4_BYTES = bits_per_param(64, double_quant=True) / 8
+NF4_BYTES = NF4_DQ_BYTES
 NF4_BASE = Precision(frozen=NF4_BYTES)
 
 

@@ -335,7 +335,7 @@ NOTES: dict[str, str] = {
         "The test's independent FLOPs count subtracted the rotary embedding's `inv_freq @ position_ids` as a matmul "
         "(2·head_dim/2·T per forward); on torch 2.15 / transformers 5.24 no such matmul is dispatched (4 FLOPs/token "
         "less). Fixed after this run, forward-compatibly: the test now measures the rotary module's FLOPs "
-        "(`tests/test_bench_efficiency.py`); both tests pass on the pins and on this lane."),
+        "(`tests/test_bench.py`); both tests pass on the pins and on this lane."),
 }
 
 

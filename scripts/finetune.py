@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 
-DEFAULTS_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from course_utils.models import LORA_TARGETS  # noqa: E402 (after the path insert)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FinetuneConfig:
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULTS_TARGETS))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     lr: float = 2e-4
     max_steps: int = 20
     batch_size: int = 4

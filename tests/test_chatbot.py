@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import chatbot as cb
-from course_utils.chatbot import Chatbot, ChatbotConfig, should_accept
-from course_utils.chatbot_registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
-from course_utils.chatbot_store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils.chatbot import bot as cb
+from course_utils.chatbot.backend import LoraBackend, fit_prompt
+from course_utils.chatbot.bot import Chatbot, ChatbotConfig, should_accept
+from course_utils.chatbot.registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
+from course_utils.chatbot.store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
 from course_utils.models import chat_prompt
 
 GOOD = dict(question="부가가치세 세율은 몇 퍼센트인가요?", answer="기본세율은 10%입니다.", quality=0.9, domain="tax")
@@ -131,7 +132,7 @@ def test_good_input_round_trips(tmp_path):
 def test_quality_accepts_any_real_number_in_range():
     import numpy as np
 
-    from course_utils.chatbot_store import validate_quality
+    from course_utils.chatbot.store import validate_quality
 
     assert validate_quality(0) == 0.0 and validate_quality(1) == 1.0 and validate_quality(np.float32(0.5)) == 0.5
 
@@ -246,7 +247,7 @@ def test_rewritten_manifest_is_caught_by_the_recorded_hash(tmp_path):
     folder = reg.path("tax", v)
     from safetensors.torch import save_file
 
-    from course_utils.chatbot_registry import sha256_file
+    from course_utils.models import sha256_file
 
     save_file(_state(9.0), str(folder / "adapter_model.safetensors"))  # a forged adapter …
     m = json.loads((folder / "manifest.json").read_text())
@@ -278,7 +279,7 @@ def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
     """A pickle saved under the safetensors name, manifest made consistent: the parser refuses it."""
     import pickle
 
-    from course_utils.chatbot_registry import sha256_file
+    from course_utils.models import sha256_file
 
     class Boom:
         def __reduce__(self):
@@ -453,10 +454,10 @@ def test_guess_domain_routes_most_dataset_questions():
 def test_fit_prompt_leaves_room_for_the_answer(tok):
     long_q = "일반과세자의 부가가치세 예정신고와 확정신고 기한은 각각 언제인가요? " * 20
     for seq_len in (48, 128):
-        p = cb.fit_prompt(tok, long_q, cb.SYSTEM_PROMPT, seq_len)
+        p = fit_prompt(tok, long_q, cb.SYSTEM_PROMPT, seq_len)
         assert len(tok(p, add_special_tokens=False)["input_ids"]) <= seq_len - seq_len // 3
         assert p.endswith("<|im_start|>assistant\n") and "…" in p
-    short = cb.fit_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT, 128)
+    short = fit_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT, 128)
     assert short == chat_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT) and "…" not in short
 
 
@@ -498,7 +499,7 @@ class TestLoraBackend:
     def backend(self, tok):
         model = tiny_chat_llama(len(tok))
         cfg = ChatbotConfig(steps=4, lr=1e-2, seq_len=48, max_new_tokens=4, r=4, lora_alpha=8)
-        return cb.LoraBackend(model, tok, EVAL, cfg)
+        return LoraBackend(model, tok, EVAL, cfg)
 
     def test_trainer_clone_shares_the_frozen_base_weights(self, backend):
         serve = dict(backend.serving.named_parameters())
@@ -536,7 +537,7 @@ class TestLoraBackend:
 
     def test_top_layers_limits_lora_to_the_last_layers(self, tok):
         cfg = ChatbotConfig(steps=1, seq_len=48, r=4, lora_alpha=8, top_layers=1)
-        backend = cb.LoraBackend(tiny_chat_llama(len(tok)), tok, EVAL, cfg)
+        backend = LoraBackend(tiny_chat_llama(len(tok)), tok, EVAL, cfg)
         names = [n for n, _ in backend.serving.named_parameters() if "lora_A.tax" in n]
         n_targets = len(cfg.target_modules)
         assert backend.layer_counts()["lora_layers"] == n_targets and names and all(".layers.1." in n for n in names)
@@ -579,13 +580,8 @@ class TestLoraBackend:
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "09_capstone_tax_chatbot.ipynb"
 
 
-def _inline(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_gate_matches_package():
-    ns = {}
-    exec(_inline("# inline: eval gate"), ns)
+    ns = run_inline(NOTEBOOK.name, "eval gate")
     for live, cand, tol in itertools_product():
         assert ns["should_accept"](live, cand, tol) == should_accept(live, cand, tol), (live, cand, tol)
 
@@ -597,9 +593,7 @@ def itertools_product():
 
 
 def test_notebook_inline_pragmas_match_package(tmp_path):
-    src = _inline("# inline: open the feedback database")
-    ns = {}
-    exec(src, ns)
+    ns = run_inline(NOTEBOOK.name, "open the feedback database")
     conn = ns["open_feedback_db"](tmp_path / "nb.db")
     with FeedbackStore(tmp_path / "pkg.db") as store:
         for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys"):
@@ -614,7 +608,7 @@ def test_notebook_inline_pragmas_match_package(tmp_path):
 # --------------------------------------------------------------------------- the widget, driven from code
 
 def test_chat_ui_flow(tmp_path):
-    from course_utils.chatbot_ui import DOWNVOTE_MAX_QUALITY, ChatUI
+    from course_utils.chatbot.ui import DOWNVOTE_MAX_QUALITY, ChatUI
 
     bot = make_bot(tmp_path, n_trigger=2)
     ui = ChatUI(bot)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.chatbot_store import FeedbackStore
+from course_utils.chatbot.store import FeedbackStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WRITER = textwrap.dedent("""
     import sys
     import time
-    from course_utils.chatbot_store import FeedbackStore
+    from course_utils.chatbot.store import FeedbackStore
 
     path, sync, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = FeedbackStore(path, synchronous=sync)

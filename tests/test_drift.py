@@ -177,7 +177,7 @@ def test_notes_explain_by_pattern(monkeypatch):
 
 def test_notes_match_the_explained_failures():
     pins = drift.Case("tests/test_deps.py", "t", "failed", text="E   AssertionError: torch 2.15.0 ≠ 2.13.0")
-    flops = drift.Case("tests/test_bench_efficiency.py", "t", "failed", text="E       AssertionError: assert 44028.0 == 44032")
+    flops = drift.Case("tests/test_bench.py", "t", "failed", text="E       AssertionError: assert 44028.0 == 44032")
     assert drift.explain(pins).startswith("By design") and "rotary" in drift.explain(flops)
 
 

@@ -81,7 +81,7 @@ def test_nb01_answers_agree_with_package_and_peft():
     from transformers import LlamaConfig
 
     from course_utils.exercises import nb01
-    from course_utils.finetune import freeze
+    from course_utils.fine_tuning import freeze
     from course_utils.scaling import MIXED_ADAMW
 
     assert freeze(_meta_model(_smollm2_config()), "norms") == nb01.q1.solution_answer()[0]
@@ -97,9 +97,9 @@ def test_nb01_answers_agree_with_package_and_peft():
 def test_nb02_answers_agree_with_package_and_peft():
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
-    from course_utils.adapters import adapter_param_count
     from course_utils.exercises import nb02
-    from course_utils.finetune import LORA_TARGETS
+    from course_utils.models import LORA_TARGETS
+    from course_utils.peft_methods import adapter_param_count
 
     cfg = _smollm2_config()
     assert adapter_param_count(cfg.hidden_size, 32, cfg.num_hidden_layers) == nb02.q1.solution_answer()[0]

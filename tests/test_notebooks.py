@@ -29,6 +29,27 @@ def test_course_map_matches_notebooks_on_disk():
     assert [p.name for p in NOTEBOOKS] == in_map, "the course map lists the lessons in file order"
 
 
+def test_every_lesson_has_its_module_and_tests():
+    """notebooks/NN_topic.ipynb ↔ course_utils/<module>.py (or package) ↔ tests/test_<module>.py, for all lessons."""
+    repo = course.NOTEBOOK_DIR.parent
+    assert list(course.LESSON_MODULES) == [lesson.file for lesson in course.COURSE_MAP]
+    for notebook, module in course.LESSON_MODULES.items():
+        code = repo / "course_utils" / f"{module}.py"
+        package = repo / "course_utils" / module / "__init__.py"
+        assert code.exists() != package.exists(), f"{notebook}: expected course_utils/{module}.py or {module}/"
+        assert (repo / "tests" / f"test_{module}.py").exists(), f"{notebook}: tests/test_{module}.py is missing"
+    stems = [n.split("_", 1)[1].removesuffix(".ipynb") for n in course.LESSON_MODULES]
+    named = [m for n, m in zip(stems, course.LESSON_MODULES.values()) if m in n or n.split("_")[0] in m]
+    assert len(named) >= len(stems) - 1, "a lesson module is not named after its lesson (00's preflight aside)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_valid_and_in_the_course_format(path):
+    """nbformat accepts the notebook, and writing it back changes no byte (what sync and strip rely on)."""
+    text = path.read_text(encoding="utf-8")
+    assert course.notebook_text(json.loads(text)) == text
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
     dirty = [i for i, c in enumerate(_cells(path))
@@ -79,15 +100,6 @@ def test_lessons_on_bundled_data_say_how_to_use_ones_own(path, tmp_path):
         assert data.main(["check", str(own), "--schema", schema]) == 0
         md = "\n".join(_src(c) for c in cells if c["cell_type"] == "markdown")
         assert re.search(rf'load_(rows|dataset)\([^`]*path="{re.escape(fname)}"', md), "the line shows the load call"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_referenced_images_exist_and_are_generated(path):
-    generators = load_all()
-    for cell in _cells(path):
-        for ref in re.findall(r"\(\.\./images/([^)]+)\)", _src(cell)):
-            assert (course.NOTEBOOK_DIR.parent / "images" / ref).exists(), f"images/{ref} missing"
-            assert ref in generators, f"images/{ref} has no generator in course_utils.images"
 
 
 def test_images_regenerate(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from course_utils import preflight as P
 from course_utils import runtime
-from course_utils.finetune import PHI3_MINI, memory_breakdown
+from course_utils.memory import PHI3_MINI, memory_breakdown
 
 GiB = 2**30
 XEON_AMX = """processor\t: 0

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_inline
 from course_utils import qlora
-from course_utils.course import marked_cell
+from course_utils.bench import qlora as bench_qlora
 from course_utils.exercises import nb07
-from course_utils.quant import bits_per_param
+from course_utils.quantization import bits_per_param
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "07_qlora_unsloth_translation.ipynb"
 HAS_UNSLOTH = importlib.util.find_spec("unsloth") is not None
@@ -38,7 +39,7 @@ def tiny_checkpoint(tmp_path):
     cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
-    qlora._write_word_tokenizer(tmp_path / "base", cfg.vocab_size, cfg.max_position_embeddings)
+    bench_qlora._write_word_tokenizer(tmp_path / "base", cfg.vocab_size, cfg.max_position_embeddings)
     return tmp_path / "base"
 
 
@@ -244,13 +245,8 @@ def test_footprint_arithmetic_matches_bitsandbytes(tiny_checkpoint):
         qlora.footprint_bytes(n_q, n_other, NF4_DQ, 4), rel=0.01)
 
 
-def _notebook_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_footprint_agrees_with_package():
-    ns: dict = {}
-    exec(_notebook_cell("# inline: course_utils.qlora footprint"), ns)
+    ns = run_inline(NOTEBOOK.name, "course_utils.qlora footprint")
     for args in [(3_623_878_656, 197_200_896, 4.127, 2), (100, 7, 4, 4)]:
         assert ns["footprint_bytes"](*args) == qlora.footprint_bytes(*args)
 
@@ -259,7 +255,7 @@ def test_notebook_inline_footprint_agrees_with_package():
 
 def test_bench_runs_tiny_on_cpu(capsys):
     paths = ("plain", "unsloth") if HAS_UNSLOTH else ("plain",)
-    results = qlora.bench_qlora(steps=1, warmup=0, batch_size=1, seq_len=16, paths=paths)
+    results = bench_qlora.bench_qlora(steps=1, warmup=0, batch_size=1, seq_len=16, paths=paths)
     out = capsys.readouterr().out
     assert "No GPU" in out and "tiny" in out
     for res in results.values():

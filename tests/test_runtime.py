@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from course_utils import runtime
@@ -41,6 +43,7 @@ def test_colab_detection(monkeypatch):
     import sys
     import types
 
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)   # the same answer wherever the test runs
     assert not runtime.in_colab()
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     assert runtime.in_colab()
@@ -116,3 +119,18 @@ def test_to_device_copies_batches_and_to_numpy_handles_16_bit():
     assert runtime.to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype.name == "float32"
     with pytest.raises(TypeError, match="cannot move a str"):
         runtime.to_device("text", "cpu")
+
+
+def test_import_has_no_side_effects():
+    """``import course_utils`` (and its core modules) leaves the environment alone and does not import torch;
+    the offline defaults are applied by ``settings()`` (every notebook's setup cell) and the model loaders."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); import course_utils, course_utils.runtime, course_utils.models; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+            "assert 'torch' not in sys.modules; course_utils.runtime.settings('cpu'); "
+            "assert os.environ['HF_HUB_OFFLINE'] == '1'")
+    env = {k: v for k, v in os.environ.items() if k not in runtime.OFFLINE_VARS}
+    env["COURSE_PROFILE"] = "cpu"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)

@@ -90,7 +90,8 @@ def test_nf4_bytes_per_weight_is_notebook_04s_formula_and_what_bitsandbytes_stor
     import bitsandbytes.functional as bnbf
     import torch
 
-    from course_utils import finetune, quant
+    from course_utils import memory as finetune
+    from course_utils import quantization as quant
     from course_utils.scaling import NF4_BASE, NF4_BYTES
 
     assert NF4_BYTES == quant.bits_per_param(64, double_quant=True) / 8 == finetune.NF4_DQ_BYTES

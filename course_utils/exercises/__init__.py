@@ -114,6 +114,12 @@ class Exercise:
         _show(f"🔑 **Solution ({self.name})**:\n\n{self.solution_text}")
 
 
+def require_number(x, what: str) -> None:
+    """Raise ``Incorrect`` unless ``x`` is an int or float (a bool is not a number here)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise Incorrect(f"{what} should be a number, got {type(x).__name__} {x!r}")
+
+
 def expect_number(value, expected: float, rel: float = 1e-6, what: str = "the answer") -> None:
     """Checker helper: ``value`` must be a number within ``rel`` of ``expected``."""
     try:

@@ -1,6 +1,6 @@
 """Exercises of notebook 01 (fine-tuning basics): counting trainable parameters and training memory."""
 
-from course_utils.exercises import Exercise, Incorrect, expect_number
+from course_utils.exercises import Exercise, Incorrect, expect_number, require_number
 
 _L, _H = 30, 576                        # SmolLM2-135M: decoder blocks, hidden size
 _NORMS = (2 * _L + 1) * _H              # two RMSNorms per block + the final norm, one weight vector each
@@ -9,13 +9,8 @@ _FULL_GB = _P7B * 16 / 1e9              # bf16 weights 2 + bf16 grads 2 + fp32 m
 _LORA_QV = 32 * 2 * 8 * (4096 + 4096)   # layers × (q, v) × r × (in + out)
 
 
-def _number(x, what: str) -> None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise Incorrect(f"{what} should be a number, got {type(x).__name__} {x!r}")
-
-
 def _check_q1(n) -> None:
-    _number(n, "n_norm_params")
+    require_number(n, "n_norm_params")
     if n == 2 * _L * _H:
         raise Incorrect("almost: you counted the two norms of every block but forgot the final norm")
     if n == 2 * (2 * _L + 1) * _H:
@@ -35,7 +30,7 @@ q1 = Exercise(
 
 
 def _check_q2(gb) -> None:
-    _number(gb, "full_ft_gb")
+    require_number(gb, "full_ft_gb")
     if abs(gb - _P7B * 2 / 1e9) < 1:
         raise Incorrect("that is the bf16 weights alone; add gradients and the optimizer states")
     if abs(gb - _P7B * 12 / 1e9) < 2:
@@ -56,7 +51,7 @@ q2 = Exercise(
 
 
 def _check_q3(n) -> None:
-    _number(n, "lora_qv_params")
+    require_number(n, "lora_qv_params")
     if n == 32 * 2 * 8 * 4096:
         raise Incorrect("each LoRA pair has A (r × in) and B (out × r): count r·(in + out), not r·in")
     if n == 32 * 8 * (4096 + 4096):

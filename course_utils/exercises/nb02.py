@@ -1,6 +1,6 @@
 """Exercises of notebook 02 (the PEFT family): counting parameters of adapters, LoRA, prefixes; merging."""
 
-from course_utils.exercises import Exercise, Incorrect, expect_number
+from course_utils.exercises import Exercise, Incorrect, expect_number, require_number
 
 _D, _L, _KV, _I = 576, 30, 192, 1536      # SmolLM2-135M: hidden, layers, key/value size, MLP width
 _B, _R, _N = 32, 8, 10                    # bottleneck, LoRA rank, virtual tokens
@@ -11,13 +11,8 @@ _MERGEABLE = {"IA3", "LoRA", "DoRA"}
 _ALL = {"prompt tuning", "prefix tuning", "P-tuning", "adapter", "IA3", "LoRA", "DoRA"}
 
 
-def _number(x, what: str) -> None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise Incorrect(f"{what} should be a number, got {type(x).__name__} {x!r}")
-
-
 def _check_q1(n) -> None:
-    _number(n, "n_adapter_params")
+    require_number(n, "n_adapter_params")
     if n == _L * 2 * 2 * _D * _B:
         raise Incorrect("close: each Linear also has a bias (b for down, d for up)")
     if n == _L * (2 * _D * _B + _B + _D):
@@ -31,14 +26,14 @@ q1 = Exercise(
     hint_text="One adapter: down Linear(576, 32) = 576·32 + 32, up Linear(32, 576) = 32·576 + 576. "
               "Two adapters per layer, 30 layers.",
     solution_text=f"```python\nn_adapter_params = 30 * 2 * (2 * 576 * 32 + 32 + 576)   # = {_ADAPTER:,}\n```\n"
-                  "`course_utils.adapters.adapter_param_count(576, 32, 30)` gives the same.",
+                  "`course_utils.peft_methods.adapter_param_count(576, 32, 30)` gives the same.",
     solution_answer=lambda: (_ADAPTER,),
     wrong_answer=lambda: (_L * 2 * 2 * _D * _B,),
 )
 
 
 def _check_q2(n) -> None:
-    _number(n, "n_lora_params")
+    require_number(n, "n_lora_params")
     if n == _L * _R * (2 * _D + 2 * _D + 2 * _D + _I):
         raise Incorrect("count r·(in + out) per projection: A is r × in, B is out × r")
     expect_number(n, _LORA, rel=0, what="n_lora_params")
@@ -57,7 +52,7 @@ q2 = Exercise(
 
 
 def _check_q3(n) -> None:
-    _number(n, "n_prefix_params")
+    require_number(n, "n_prefix_params")
     if n == _N * _L * _KV:
         raise Incorrect("each virtual token needs a key *and* a value per layer")
     if n == _N * _L * 2 * _D:

@@ -10,7 +10,7 @@ LAYERS, HIDDEN, MLP, VOCAB = 32, 3072, 8192, 32064
 # Linear weights per layer (what NF4 quantizes): q, k, v, o (3072×3072 each), gate, up (3072→8192), down (8192→3072)
 N_QUANTIZED = LAYERS * (4 * HIDDEN * HIDDEN + 3 * HIDDEN * MLP)
 N_OTHER = 2 * VOCAB * HIDDEN + (2 * LAYERS + 1) * HIDDEN  # embed_tokens + lm_head + RMSNorm weights
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = course_utils.quant.bits_per_param(64, double_quant=True)
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = course_utils.quantization.bits_per_param(64, double_quant=True)
 
 
 def _expected_example() -> dict:

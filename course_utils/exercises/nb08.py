@@ -1,7 +1,7 @@
 """Exercises of notebook 08 (instruction tuning)."""
 
 from course_utils.exercises import Exercise, Incorrect, expect_number
-from course_utils.instruct import alpaca_to_messages
+from course_utils.instruction_tuning import alpaca_to_messages
 from course_utils.train import IGNORE_INDEX
 
 # --------------------------------------------------------------------------- Q1: Alpaca row → messages

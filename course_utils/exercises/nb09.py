@@ -21,7 +21,7 @@ CANDIDATES = [
 
 def stored_indices() -> list[int]:
     """Indices of ``CANDIDATES`` that ``validate_feedback`` accepts (what the store would keep)."""
-    from course_utils.chatbot_store import FeedbackError, validate_feedback
+    from course_utils.chatbot.store import FeedbackError, validate_feedback
 
     ok = []
     for i, (q, a, quality, domain) in enumerate(CANDIDATES):
@@ -68,7 +68,7 @@ TOLERANCE = 0.01
 
 def gate_decisions() -> list[bool]:
     """The package's gate applied to ``ROUNDS`` with ``TOLERANCE``."""
-    from course_utils.chatbot import should_accept
+    from course_utils.chatbot.bot import should_accept
 
     return [should_accept(live, cand, TOLERANCE) for live, cand in ROUNDS]
 
@@ -104,7 +104,7 @@ THRESHOLD = 0.7
 
 def _scratch_store(folder: Path):
     """A store with a known mix: pending/used, above/below the threshold, three domains."""
-    from course_utils.chatbot_store import FeedbackStore
+    from course_utils.chatbot.store import FeedbackStore
 
     store = FeedbackStore(folder / "q3.db")
     rows = [(d, q) for d in ("tax", "accounting", "general") for q in (0.2, 0.69, 0.7, 0.9, 1.0)]

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import finetune as F
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils import fine_tuning as F
+from course_utils import memory as M
+from course_utils import models
 from course_utils.models import count_parameters
 from course_utils.train import train
 
@@ -25,7 +27,7 @@ def _tiny(tied: bool = True, layers: int = 2):
 
 
 def _block_params(model) -> int:
-    return sum(p.numel() for p in F.decoder_layers(model)[-1].parameters())
+    return sum(p.numel() for p in models.decoder_layers(model)[-1].parameters())
 
 
 @pytest.mark.parametrize("strategy", F.STRATEGIES)
@@ -71,19 +73,19 @@ def test_partial_training_changes_only_trainable(strategy, toy_batch):
 def test_model_shape_counts_match_real_models():
     for tied in (True, False):
         model = _tiny(tied)
-        shape = F.ModelShape.from_config(model.config, "tiny")
+        shape = M.ModelShape.from_config(model.config, "tiny")
         assert shape.params == count_parameters(model)[1]
     # Phi-3-mini has 3.82 B parameters, Llama-2-7B 6.74 B (their model cards)
-    assert abs(F.PHI3_MINI.params / 1e9 - 3.82) < 0.01
-    assert abs(F.LLAMA_7B.params / 1e9 - 6.74) < 0.01
+    assert abs(M.PHI3_MINI.params / 1e9 - 3.82) < 0.01
+    assert abs(M.LLAMA_7B.params / 1e9 - 6.74) < 0.01
 
 
 def test_lora_param_count_matches_peft():
     from peft import LoraConfig, get_peft_model
 
     model = _tiny(tied=False)
-    shape = F.ModelShape.from_config(model.config, "tiny")
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(F.LORA_TARGETS)))
+    shape = M.ModelShape.from_config(model.config, "tiny")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(models.LORA_TARGETS)))
     assert count_parameters(peft_model)[0] == shape.lora_params(4)
 
 
@@ -96,10 +98,10 @@ def _extras(batch, shape, head_dim, embeddings_trainable) -> int:
 
 def test_activation_formula_full_matches_saved_tensors(toy_batch):
     model = _tiny(tied=False).train()
-    shape = F.ModelShape.from_config(model.config, "tiny")
+    shape = M.ModelShape.from_config(model.config, "tiny")
     B, T = toy_batch["input_ids"].shape
-    measured = F.saved_activation_bytes(model, toy_batch)
-    predicted = F.activation_values(shape, "full") * B * T * 4
+    measured = M.saved_activation_bytes(model, toy_batch)
+    predicted = M.activation_values(shape, "full") * B * T * 4
     assert measured == predicted + _extras(toy_batch, shape, model.config.head_dim, True) + 4  # + loss scalar
 
 
@@ -107,12 +109,12 @@ def test_activation_formula_lora_matches_saved_tensors(toy_batch):
     from peft import LoraConfig, get_peft_model
 
     model = _tiny(tied=False)
-    shape = F.ModelShape.from_config(model.config, "tiny")
+    shape = M.ModelShape.from_config(model.config, "tiny")
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                  target_modules=list(F.LORA_TARGETS))).train()
+                                                  target_modules=list(models.LORA_TARGETS))).train()
     B, T = toy_batch["input_ids"].shape
-    measured = F.saved_activation_bytes(peft_model, toy_batch)
-    predicted = F.activation_values(shape, "lora", r=4) * B * T * 4
+    measured = M.saved_activation_bytes(peft_model, toy_batch)
+    predicted = M.activation_values(shape, "lora", r=4) * B * T * 4
     assert measured == predicted + _extras(toy_batch, shape, model.config.head_dim, False) + 4
 
 
@@ -120,37 +122,37 @@ def test_activation_formula_with_checkpointing_matches_saved_tensors(toy_batch):
     """Checkpointing: the forward pass keeps each block's input (h per token) and the tail, and backward
     recomputes one block at a time. Formula = what a checkpointed forward saves + what one block saves."""
     B, T = toy_batch["input_ids"].shape
-    plain = {n: F.saved_activation_bytes(_tiny(tied=False, layers=n).train(), toy_batch) for n in (2, 3)}
+    plain = {n: M.saved_activation_bytes(_tiny(tied=False, layers=n).train(), toy_batch) for n in (2, 3)}
     one_block = plain[3] - plain[2]
     model = _tiny(tied=False).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    shape = F.ModelShape.from_config(model.config, "tiny")
-    forward = F.saved_activation_bytes(model, toy_batch)
+    shape = M.ModelShape.from_config(model.config, "tiny")
+    forward = M.saved_activation_bytes(model, toy_batch)
     # besides activations: int64 ids (the embedding trains) and labels, the loss scalar; RoPE's cos/sin are
     # saved inside the checkpointed blocks only
     extras = 2 * B * T * 8 + 4
-    predicted = F.activation_values(shape, "full", checkpointing=True) * B * T * 4
-    assert one_block == (F.activation_values(_shape(3), "full") - F.activation_values(shape, "full")) * B * T * 4
+    predicted = M.activation_values(shape, "full", checkpointing=True) * B * T * 4
+    assert one_block == (M.activation_values(_shape(3), "full") - M.activation_values(shape, "full")) * B * T * 4
     assert predicted == forward - extras + one_block
-    mem = F.memory_breakdown(shape, "full", batch=B, seq_len=T, weight_bytes=4, checkpointing=True)
+    mem = M.memory_breakdown(shape, "full", batch=B, seq_len=T, weight_bytes=4, checkpointing=True)
     assert mem["activations"] == predicted
 
 
-def _shape(layers: int) -> F.ModelShape:
-    return F.ModelShape.from_config(_tiny(tied=False, layers=layers).config, "tiny")
+def _shape(layers: int) -> M.ModelShape:
+    return M.ModelShape.from_config(_tiny(tied=False, layers=layers).config, "tiny")
 
 
 def test_nf4_bytes_per_weight_match_real_4bit_tensors():
     """QLoRA's base: 4-bit codes + a uint8 absmax per 64 weights + an fp32 scale per 256 absmax values."""
     import bitsandbytes.functional as bnbf
 
-    from course_utils.quant import bits_per_param
+    from course_utils.quantization import bits_per_param
 
-    assert F.NF4_DQ_BYTES == bits_per_param(64, double_quant=True) / 8
-    assert F.NF4_DQ_BYTES == pytest.approx(0.5 + 1 / 64 + 4 / (64 * 256), rel=1e-12)
+    assert M.NF4_DQ_BYTES == bits_per_param(64, double_quant=True) / 8
+    assert M.NF4_DQ_BYTES == pytest.approx(0.5 + 1 / 64 + 4 / (64 * 256), rel=1e-12)
     # every projection a whole number of second-level blocks (64·256 weights), so only the per-tensor offset
     # (one fp32) is left over
-    shape = F.ModelShape("mid", layers=2, hidden=256, intermediate=512, heads=4, kv_dim=128, vocab=64)
+    shape = M.ModelShape("mid", layers=2, hidden=256, intermediate=512, heads=4, kv_dim=128, vocab=64)
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
     projections = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)] * shape.layers   # (out, in)
     assert sum(o * n for o, n in projections) == shape.linear_params
@@ -160,15 +162,15 @@ def test_nf4_bytes_per_weight_match_real_4bit_tensors():
                                         compress_statistics=True, quant_type="nf4")
         assert st.nested and st.absmax.dtype == torch.uint8
         stored += sum(t.numel() * t.element_size() for t in (packed, st.absmax, st.state2.absmax, st.offset))
-    mem = F.memory_breakdown(shape, "qlora", r=8, weight_bytes=2)
+    mem = M.memory_breakdown(shape, "qlora", r=8, weight_bytes=2)
     rest = (shape.params - shape.linear_params) * 2 + 4 * shape.lora_params(8)   # 16-bit rest, fp32 adapters
     assert mem["weights"] == stored - 4 * len(projections) + rest
 
 
 def test_gradient_and_optimizer_bytes_are_exact(toy_batch):
     model = _tiny(tied=False)
-    shape = F.ModelShape.from_config(model.config, "tiny")
-    mem = F.memory_breakdown(shape, "full", weight_bytes=4)
+    shape = M.ModelShape.from_config(model.config, "tiny")
+    mem = M.memory_breakdown(shape, "full", weight_bytes=4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(**toy_batch).loss.backward()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
@@ -180,8 +182,8 @@ def test_gradient_and_optimizer_bytes_are_exact(toy_batch):
 
 def test_plain_16bit_training_keeps_moments_in_the_weight_dtype(toy_batch):
     model = _tiny(tied=False).to(torch.bfloat16)
-    shape = F.ModelShape.from_config(model.config, "tiny")
-    mem = F.memory_breakdown(shape, "full", weight_bytes=2, mixed_precision=False)
+    shape = M.ModelShape.from_config(model.config, "tiny")
+    mem = M.memory_breakdown(shape, "full", weight_bytes=2, mixed_precision=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(**toy_batch).loss.backward()
     opt.step()
@@ -190,26 +192,21 @@ def test_plain_16bit_training_keeps_moments_in_the_weight_dtype(toy_batch):
 
 
 def test_memory_breakdown_orders_methods_and_sums():
-    for shape in (F.PHI3_MINI, F.LLAMA_7B):
-        full, lora, qlora = (F.memory_breakdown(shape, m, batch=4, seq_len=512) for m in ("full", "lora", "qlora"))
+    for shape in (M.PHI3_MINI, M.LLAMA_7B):
+        full, lora, qlora = (M.memory_breakdown(shape, m, batch=4, seq_len=512) for m in ("full", "lora", "qlora"))
         for mem in (full, lora, qlora):
             assert mem["total"] == pytest.approx(sum(v for k, v in mem.items() if k != "total"))
         assert full["total"] > lora["total"] > qlora["total"]
         assert full["optimizer"] == 12 * shape.params  # 16-bit weights: fp32 master + two fp32 moments
         assert qlora["weights"] < lora["weights"] / 3
-    ckpt = F.memory_breakdown(F.PHI3_MINI, "qlora", batch=4, seq_len=512, checkpointing=True)
-    assert ckpt["activations"] < F.memory_breakdown(F.PHI3_MINI, "qlora", batch=4, seq_len=512)["activations"] / 5
+    ckpt = M.memory_breakdown(M.PHI3_MINI, "qlora", batch=4, seq_len=512, checkpointing=True)
+    assert ckpt["activations"] < M.memory_breakdown(M.PHI3_MINI, "qlora", batch=4, seq_len=512)["activations"] / 5
 
 
 # --------------------------------------------------------------------------- the notebook's inline versions
 
-def _inline_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_freeze_agrees_with_package():
-    ns: dict = {}
-    exec(_inline_cell("# inline: freeze"), ns)
+    ns = run_inline(NOTEBOOK.name, "freeze")
     for strategy in F.STRATEGIES:
         a, b = _tiny(), _tiny()
         assert ns["freeze"](a, strategy, n_last=1) == F.freeze(b, strategy, n_last=1)
@@ -218,12 +215,11 @@ def test_notebook_inline_freeze_agrees_with_package():
 
 
 def test_notebook_inline_memory_formula_agrees_with_package():
-    ns: dict = {"ModelShape": F.ModelShape, "NF4_DQ_BYTES": F.NF4_DQ_BYTES}
-    exec(_inline_cell("# inline: memory"), ns)
-    tiny = F.ModelShape.from_config(_tiny().config, "tiny")
-    for shape in (tiny, F.PHI3_MINI, F.LLAMA_7B):
+    ns = run_inline(NOTEBOOK.name, "memory")
+    tiny = M.ModelShape.from_config(_tiny().config, "tiny")
+    for shape in (tiny, M.PHI3_MINI, M.LLAMA_7B):
         for method in ("full", "lora", "qlora"):
             for wb in (2, 4):
                 for mixed, ckpt in ((True, False), (False, False), (True, True)):
                     kw = dict(batch=3, seq_len=100, r=8, weight_bytes=wb, mixed_precision=mixed, checkpointing=ckpt)
-                    assert ns["memory_breakdown"](shape, method, **kw) == F.memory_breakdown(shape, method, **kw)
+                    assert ns["memory_breakdown"](shape, method, **kw) == M.memory_breakdown(shape, method, **kw)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_utils.finetune import decoder_layers
+from course_utils.models import decoder_layers
+from course_utils.train import IGNORE_INDEX
 
 ADAPTER_POINTS = ("self_attn", "mlp")  # after attention and after the MLP of each decoder layer
 FORMAT = "course-bottleneck-adapter/1"
@@ -231,12 +232,6 @@ def changed_base_weights(model, base) -> list[str]:
     return changed
 
 
-def dir_size_bytes(path: str | Path) -> int:
-    """Total size of the files under ``path`` (a saved adapter folder or file)."""
-    path = Path(path)
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 @torch.no_grad()
 def evaluate_answers(model, batches: list[dict]) -> tuple[float, float]:
     """(loss, token accuracy) on the answer tokens of ``batches`` in one forward pass per batch.
@@ -255,7 +250,7 @@ def evaluate_answers(model, batches: list[dict]) -> tuple[float, float]:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         logits = logits[:, -b["input_ids"].shape[1]:, :].float()       # (B, T, V) without virtual tokens
         logits, target = logits[:, :-1], b["labels"][:, 1:]           # predict token t+1 from ≤ t
-        mask = target != -100                                           # (B, T-1)
+        mask = target != IGNORE_INDEX                                           # (B, T-1)
         nll += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
         hits += int((logits[mask].argmax(-1) == target[mask]).sum())
         count += int(mask.sum())

@@ -12,15 +12,16 @@ A mask holds 1 where a weight is kept and 0 where it is pruned; pruning multipli
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-ATTN_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_KINDS = ("gate_proj", "up_proj", "down_proj")
+from course_utils.models import LORA_TARGETS
+
+ATTN_KINDS = LORA_TARGETS[:4]   # q, k, v, o
+MLP_KINDS = LORA_TARGETS[4:]    # gate, up, down
 LINEAR_KINDS = ATTN_KINDS + MLP_KINDS
 
 
@@ -269,22 +270,6 @@ def storage_bytes(weight: torch.Tensor) -> dict[str, int]:
             "COO (int64)": _nbytes(coo.indices(), coo.values()),
             "CSR (int64)": _nbytes(crow, col, csr.values()),
             "CSR (int32)": _nbytes(csr32.crow_indices(), csr32.col_indices(), csr32.values())}
-
-
-def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 # --------------------------------------------------------------------------- whole-model helpers

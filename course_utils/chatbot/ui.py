@@ -3,15 +3,17 @@
 Only widgets and traits that ipywidgets 7 (Colab) and 8 (JupyterLab) share are used. Every handler is a
 plain method, so a notebook (or CI) can drive the widget from code: ``ui.ask("…")``, ``ui.rate("up")``.
 
-    >>> ui = ChatUI(bot)
-    >>> display(ui.widget)
+Example::
+
+    ui = ChatUI(bot)
+    display(ui.widget)
 """
 
 from __future__ import annotations
 
 import html
 
-from course_utils.chatbot_store import DOMAINS, FeedbackError
+from course_utils.chatbot.store import DOMAINS, FeedbackError
 
 DOWNVOTE_MAX_QUALITY = 0.2   # a 👎 without a correction is kept for analysis but stays below any threshold
 
@@ -126,3 +128,39 @@ def _last(ev: dict | None) -> str:
     if ev["live"] is None or ev["candidate"] is None:
         return icon
     return f"{icon} {ev['live']:.3f}→{ev['candidate']:.3f}"
+
+
+def plot_dashboard(mon: dict, rounds: list[dict]):
+    """Three panels: buffer vs trigger, held-out loss per round (live vs candidate), live versions."""
+    import matplotlib.pyplot as plt
+
+    from course_utils.plots import PALETTE
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 1.6, 1]})
+    ax = axes[0]
+    ax.bar(list(mon["buffer"]), list(mon["buffer"].values()), color=PALETTE[:3])
+    ax.axhline(mon["trigger_at"], color="#d62728", ls="--", lw=1)
+    ax.text(2.4, mon["trigger_at"], " trigger", color="#d62728", va="bottom", ha="right", fontsize=8)
+    ax.set(title="pending feedback (≥ threshold)", ylabel="records")
+    ax = axes[1]
+    colors = {"accepted": "#2ca02c", "rejected": "#d62728", "failed": "#7f7f7f"}
+    for i, r in enumerate(rounds):
+        if r["live_score"] is not None:
+            ax.plot([i, i], [r["live_score"], r["candidate_score"] or r["live_score"]], color="#999999", lw=1)
+            ax.scatter([i], [r["live_score"]], color="#1f77b4", marker="o", zorder=3,
+                       label="live" if i == 0 else None)
+        if r["candidate_score"] is not None:
+            ax.scatter([i], [r["candidate_score"]], color=colors[r["status"]], marker="s", zorder=3)
+        ax.annotate(r["status"], (i, (r["candidate_score"] or r["live_score"] or 0)), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points", color=colors[r["status"]])
+    ax.set_xticks(range(len(rounds)), [f"#{r['id']}\n{r['domain']}" for r in rounds], fontsize=8)
+    ax.set(title="held-out answer loss per round (■ candidate)", ylabel="loss")
+    if rounds:
+        ax.set_xlim(-0.5, len(rounds) - 0.3)
+        ax.legend(fontsize=8, loc="best")
+    ax = axes[2]
+    ax.bar(list(mon["live_version"]), list(mon["live_version"].values()), color=PALETTE[:3])
+    ax.set(title=f"live adapter version · {mon['lora_layers']} LoRA layers", ylabel="version")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""course_utils.quant: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
+"""course_utils.quantization: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
 
 import math
 from pathlib import Path
@@ -7,8 +7,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from course_utils import quant as Q
-from course_utils.course import marked_cells
+from conftest import run_inline
+from course_utils import quantization as Q
+from course_utils.bench import quant as bench_quant
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
 SHAPES = [(64, 64), (33, 77), (1000,), (3, 5, 7), (1, 1)]   # most are not multiples of the block size
@@ -318,20 +319,17 @@ def test_dynamic_int8_skips_named_layers_and_finds_outlier_inputs(tiny_llama, to
 
 
 def test_bench_nf4_prints_a_ratio(capsys):
-    res = Q.bench_nf4(size=256, repeats=1)
+    res = bench_quant.bench_nf4(size=256, repeats=1)
     assert res["ratio"] > 0 and res["max_abs_diff"] < 0.01 and "ratio ours/bnb" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- notebook ↔ package
 
 def _inline_namespace() -> dict:
-    """Execute the notebook cells marked ``# inline-def:`` (the from-scratch definitions) in one namespace."""
-    marked = marked_cells(NOTEBOOK, "# inline-def:")
-    assert len(marked) >= 3, "the notebook should mark its from-scratch cells with '# inline-def:'"
+    """Execute the notebook's from-scratch cells (marked ``# inline: …``) in one namespace."""
     ns: dict = {}
-    exec("import math\nimport torch\nfrom course_utils import quant as Q", ns)  # the setup cell's imports
-    for s in marked:
-        exec(compile(s, str(NOTEBOOK), "exec"), ns)   # our own notebook's cells
+    for name in ("linear quantization", "NF4 codebook", "blockwise absmax quantization", "straight-through estimator"):
+        run_inline(NOTEBOOK.name, name, ns)
     return ns
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import adapters as A
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils import models
+from course_utils import peft_methods as A
 from course_utils.models import count_parameters
 from course_utils.train import train
 
@@ -119,13 +120,8 @@ def test_adapters_work_under_generate(tiny_llama):
     assert out.shape == (1, 7)
 
 
-def _inline_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
-
-
 def test_notebook_inline_adapter_agrees_with_package():
-    ns: dict = {}
-    exec(_inline_cell("# inline: adapter"), ns)
+    ns = run_inline(NOTEBOOK.name, "adapter")
     torch.manual_seed(0)
     mine = ns["BottleneckAdapter"](32, 8)
     ref = A.BottleneckAdapter(32, 8)
@@ -183,7 +179,7 @@ def test_dir_size_bytes(tmp_path):
     (tmp_path / "a").write_bytes(b"x" * 10)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
-    assert A.dir_size_bytes(tmp_path) == 15 and A.dir_size_bytes(tmp_path / "a") == 10
+    assert models.dir_size_bytes(tmp_path) == 15 and models.dir_size_bytes(tmp_path / "a") == 10
 
 
 def test_prompt_initialised_from_text_equals_prompting_with_that_text(tiny_llama, toy_batch):

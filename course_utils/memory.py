@@ -1,129 +1,26 @@
-"""Fine-tuning basics (notebook 01): which parameters to train, and what training costs in memory.
+"""Training memory arithmetic (notebooks 01, 07, 10 and the preflight): bytes per weight, gradient, optimizer
+state and activation for full fine-tuning, LoRA and QLoRA, from a model's shape.
 
-Freezing strategies decide which parameters get gradients; the memory accounting turns a model's shape
-into bytes for weights, gradients, AdamW states and activations, for full fine-tuning, LoRA and QLoRA.
+The NF4 bytes per weight derive from ``course_utils.quantization.bits_per_param`` (notebook 04); the
+per-GPU sharding of notebook 10 (``course_utils.scaling``) and QLoRA's whole-model footprint
+(``course_utils.qlora.footprint_bytes``) use the same constant.
 
-    >>> n = freeze(model, "last_n", n_last=2)        # only the last two decoder blocks (+ final norm) train
-    >>> snap = snapshot_frozen(model); ...train...; changed_frozen(model, snap)   # [] : frozen = bit-for-bit
-    >>> shape = ModelShape.from_config(model.config, "SmolLM2-135M")
-    >>> memory_breakdown(shape, "qlora", batch=4, seq_len=512, r=16)   # {'weights': …, 'grads': …, …} bytes
+>>> shape = ModelShape("toy", layers=2, hidden=8, intermediate=16, heads=2, kv_dim=8, vocab=32)
+>>> shape.linear_params, shape.lora_params(4)
+(1280, 1088)
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from course_utils.quant import bits_per_param
-
-STRATEGIES = ("full", "last_n", "head", "norms")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from course_utils.quantization import bits_per_param
 
 # NF4 with double quantization: 4 bits per weight, one 8-bit absmax per block of 64 weights, and one fp32
 # scale per 256 absmax values (Dettmers et al. 2023, QLoRA, §3) → 0.5 + 1/64 + 4/(64·256) bytes per weight.
 NF4_DQ_BYTES = bits_per_param(64, double_quant=True) / 8
-
-
-# --------------------------------------------------------------------------- the lessons' Q&A format
-
-def qa_prompt(question: str) -> str:
-    """The plain prompt of notebooks 01–02: the answer follows ``Answer:``.
-
-    >>> qa_prompt("How often should I descale?")
-    'Question: How often should I descale?\nAnswer:'
-    """
-    return f"Question: {question}\nAnswer:"
-
-
-def qa_pairs(rows: list[dict]) -> tuple[list[str], list[str]]:
-    """(prompts, completions) of ``domain_qa`` rows for ``make_batches``; each completion is ' ' + answer."""
-    return [qa_prompt(r["question"]) for r in rows], [" " + r["answer"] for r in rows]
-
-
-# --------------------------------------------------------------------------- freezing strategies
-
-def decoder_layers(model) -> nn.ModuleList:
-    """The list of decoder blocks of a Hugging Face causal LM (``model.model.layers`` for Llama/Phi-3)."""
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no .model.layers: not a Llama-style decoder")
-    return layers
-
-
-def untie_lm_head(model) -> bool:
-    """Give the LM head its own copy of the (tied) input embedding matrix; return True if it was tied.
-
-    SmolLM2 ties ``lm_head.weight`` to ``embed_tokens.weight``: training "the head" would also change the
-    input embeddings and send gradients through every layer. After untying, the head is a separate
-    (V, d) parameter and backpropagation stops at the last hidden state.
-    """
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head.weight is not emb.weight:
-        return False
-    head.weight = nn.Parameter(emb.weight.detach().clone())
-    model.config.tie_word_embeddings = False  # keep them separate in save_pretrained / from_pretrained
-    return True
-
-
-def is_norm(module: nn.Module) -> bool:
-    """True for LayerNorm and RMSNorm modules (any class whose name ends in ``Norm``)."""
-    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm")
-
-
-def freeze(model, strategy: str = "full", n_last: int = 2) -> int:
-    """Set ``requires_grad`` for a freezing strategy and return the number of trainable parameters.
-
-    full: every parameter · last_n: the last ``n_last`` decoder blocks and the final norm ·
-    head: the LM head only (untied from the embeddings first) · norms: every norm weight.
-
-    >>> freeze(model, "norms")   # SmolLM2-135M: 61 norms × 576 = 35,136
-    35136
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r}: expected one of {STRATEGIES}")
-    if strategy == "head":
-        untie_lm_head(model)
-    model.requires_grad_(strategy == "full")
-    if strategy == "last_n":
-        for block in list(decoder_layers(model))[-n_last:]:
-            block.requires_grad_(True)
-        model.model.norm.requires_grad_(True)  # the final norm sits between the last block and the head
-    elif strategy == "head":
-        model.get_output_embeddings().requires_grad_(True)
-    elif strategy == "norms":
-        for module in model.modules():
-            if is_norm(module):
-                module.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def snapshot_frozen(model) -> dict[str, torch.Tensor]:
-    """Copies of every frozen parameter (``requires_grad=False``), to prove later they did not change."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
-
-
-def changed_frozen(model, snapshot: dict[str, torch.Tensor]) -> list[str]:
-    """Names of snapshot parameters that are no longer bit-for-bit equal (``torch.equal``)."""
-    params = dict(model.named_parameters())
-    return [name for name, before in snapshot.items() if not torch.equal(params[name].detach(), before)]
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
-
-    On CPU the course measures peak memory as process RSS; without this, memory freed by one run stays
-    in the process and hides the next run's growth.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows): nothing to trim
-        pass
 
 
 # --------------------------------------------------------------------------- memory accounting
@@ -174,9 +71,16 @@ class ModelShape:
 
 
 # Configs from the models' config.json on the Hugging Face hub (microsoft/Phi-3-mini-4k-instruct,
-# meta-llama/Llama-2-7b-hf); written out here because the cpu profile is offline.
-PHI3_MINI = ModelShape("Phi-3-mini (3.8B)", layers=32, hidden=3072, intermediate=8192, heads=32, kv_dim=3072,
-                       vocab=32064)
+# meta-llama/Llama-2-7b-hf); written out here because the cpu profile is offline. Phi-3-mini's sizes are
+# stated once, in transformers' config names: ``qlora.phi3_mini_config`` builds its config from the same dict.
+PHI3_MINI_SIZES = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+PHI3_MINI = ModelShape("Phi-3-mini (3.8B)", layers=PHI3_MINI_SIZES["num_hidden_layers"],
+                       hidden=PHI3_MINI_SIZES["hidden_size"], intermediate=PHI3_MINI_SIZES["intermediate_size"],
+                       heads=PHI3_MINI_SIZES["num_attention_heads"],
+                       kv_dim=PHI3_MINI_SIZES["num_key_value_heads"] * (PHI3_MINI_SIZES["hidden_size"]
+                                                                       // PHI3_MINI_SIZES["num_attention_heads"]),
+                       vocab=PHI3_MINI_SIZES["vocab_size"])
 LLAMA_7B = ModelShape("Llama-2-7B", layers=32, hidden=4096, intermediate=11008, heads=32, kv_dim=4096,
                       vocab=32000)
 
@@ -184,7 +88,7 @@ LLAMA_7B = ModelShape("Llama-2-7B", layers=32, hidden=4096, intermediate=11008, 
 def activation_values(shape: ModelShape, method: str = "full", r: int = 16, checkpointing: bool = False) -> int:
     """Values autograd keeps per token for the backward pass (SDPA attention, no dropout).
 
-    Counted from what PyTorch saves in a Llama block (tests/test_finetune.py checks the count exactly):
+    Counted from what PyTorch saves in a Llama block (tests/test_fine_tuning.py checks the count exactly):
     full: per layer 8h + 2·kv + 4I + heads + 2 (norm inputs/outputs, q, k, v, attention output and its
     log-sum-exp, the MLP's gate/up/act/down inputs), then 3h + 1 for the final norm and V for the logits.
     LoRA/QLoRA (all 7 projections, frozen base): the norms' weight-gradient copies (2h) are not needed,
@@ -218,7 +122,8 @@ def memory_breakdown(shape: ModelShape, method: str = "full", *, batch: int = 1,
     ``weight_bytes``, adapters as in LoRA. Activations: ``activation_values`` × batch × seq_len ×
     ``act_bytes`` (default: ``weight_bytes``).
 
-    >>> memory_breakdown(PHI3_MINI, "full", batch=4, seq_len=512)["total"] / 1e9   # ≈ 78 GB
+    >>> round(memory_breakdown(PHI3_MINI, "full", batch=4, seq_len=512)["total"] / 1e9)
+    70
     """
     P, act_bytes = shape.params, act_bytes or weight_bytes
     acts = float(activation_values(shape, method, r, checkpointing) * batch * seq_len * act_bytes)

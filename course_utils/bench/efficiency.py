@@ -18,7 +18,7 @@ One run (cpu profile, about 2–3 minutes on 2 cores) measures
 prints one table of ratios, and for every goal missed (LoRA and full ≥ 70 % of the matmul peak, QLoRA ≥ 50 %,
 generation ≥ 50 % of the bandwidth bound) a torch.profiler table of the top ops by self CPU time.
 
-Counting FLOPs (the convention used here and tested in ``tests/test_bench_efficiency.py``):
+Counting FLOPs (the convention used here and tested in ``tests/test_bench.py``):
 
 - N = parameters that take part in matmuls: every Linear weight of the decoder blocks *plus the LM head*, also when
   the head is tied to the input embedding (SmolLM2 ties them: the head's 49152 × 576 matmul is real work). The
@@ -33,6 +33,8 @@ Counting FLOPs (the convention used here and tested in ``tests/test_bench_effici
 Timings are the best of a few repeats after one warm-up (``REPEATS`` = 2 for the steps and generation, 5 for the
 machine probes): the best is the measurement least disturbed by other work on a shared machine. The load average
 at the start is printed, because on a shared machine every ratio here is a lower bound.
+
+Why one module of ~410 lines: one benchmark, its FLOP and bandwidth arithmetic next to the measurements.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from course_utils.models import LORA_TARGETS
+from course_utils.runtime import wall_times
+
+SEVEN = LORA_TARGETS   # LoRA on all seven projections
 GOALS = {"lora": 0.70, "full": 0.70, "qlora": 0.50, "generation": 0.50}
 REPEATS = 2            # measured steps (after one warm-up) for every training step and the generation
 PROBE_REPEATS = 5      # matmul and copy probes
@@ -132,14 +137,7 @@ def goal_met(kind: str, ratio: float) -> bool:
 
 def _best(fn, repeats: int, warmup: int = 1) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(wall_times(fn, repeats, warmup))
 
 
 def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS) -> float:

@@ -4,11 +4,11 @@ One row per feedback: question, answer (the user's correction when there is one)
 timestamp, and ``used_in_training`` (0 = not yet; otherwise the id of the training round that used it).
 Bad input raises ``FeedbackError`` naming the argument, and nothing is stored.
 
-    >>> store = FeedbackStore("outputs/chatbot/feedback.db")
-    >>> store.add("부가가치세 세율은?", "기본세율은 10%입니다.", quality=0.9, domain="tax")
-    1
-    >>> store.count_pending("tax", threshold=0.7)
-    1
+Example::
+
+    store = FeedbackStore("outputs/chatbot/feedback.db")
+    store.add("부가가치세 세율은?", "기본세율은 10%입니다.", quality=0.9, domain="tax")   # 1
+    store.count_pending("tax", threshold=0.7)                                       # 1
 
 Durability: WAL journal + ``synchronous=NORMAL`` by default. A commit writes its WAL frames with
 ``write()`` before it returns, so they sit in the operating system's page cache: a process killed with
@@ -246,7 +246,7 @@ class FeedbackStore:
     def add(self, question, answer, quality, domain, corrected: bool = False) -> int:
         """Validate and store one feedback; return its id once it is committed.
 
-        >>> store.add("복식부기란?", "모든 거래를 차변과 대변에 기록하는 방식입니다.", 0.9, "accounting")
+        Example: ``store.add("복식부기란?", "모든 거래를 차변과 대변에 기록하는 방식입니다.", 0.9, "accounting")``.
         """
         fb = validate_feedback(question, answer, quality, domain, corrected)
         return self._write(lambda c: c.execute(
@@ -356,7 +356,7 @@ class FeedbackStore:
 
 _WRITER = """
 import sys
-from course_utils.chatbot_store import FeedbackStore
+from course_utils.chatbot.store import FeedbackStore
 
 store = FeedbackStore(sys.argv[1], synchronous=sys.argv[2])
 for i in range(10**9):
@@ -369,8 +369,7 @@ def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 
     """Start a process that streams feedback into ``path``, SIGKILL it after ``after`` acknowledged writes,
     then reopen the database: which acknowledged ids are missing, and does it pass ``integrity_check``?
 
-    >>> sigkill_demo("outputs/kill.db")["missing"]
-    []
+    Example: ``sigkill_demo("outputs/kill.db")["missing"]`` is ``[]``.
     """
     import os
     import signal

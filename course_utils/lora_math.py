@@ -3,7 +3,7 @@
 A frozen linear layer ``W₀`` (d_out × d_in) gets a trainable low-rank update ``ΔW = scaling · B · A`` with
 ``A`` (r × d_in, random) and ``B`` (d_out × r, zero), so ``ΔW = 0`` at the start. ``scaling`` is ``α/r``
 (``α/√r`` with rsLoRA). ΔW is computed in one place, :func:`delta_weight`, which feeds
-``get_delta_weight``, ``merge``, ``unmerge`` and the tests (``tests/test_lora.py`` proves parity with peft).
+``get_delta_weight``, ``merge``, ``unmerge`` and the tests (``tests/test_lora_math.py`` proves parity with peft).
 
     >>> layer = LoRALinear(nn.Linear(576, 576), r=8, lora_alpha=16)
     >>> layer.get_delta_weight().shape          # (d_out, d_in), rank ≤ 8
@@ -26,6 +26,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from course_utils.models import decoder_layers
 
 # --------------------------------------------------------------------------- the math, in one place
 
@@ -360,15 +362,6 @@ def lora_count_table(shapes: dict[str, tuple[int, int]], r: int, n_layers: int) 
 # --------------------------------------------------------------------------- training only the top layers
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder-layer list of a Llama-like causal LM (``model.model.layers``)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__} has no model.layers ModuleList (expected a Llama-like causal LM)")
-    return layers
-
-
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the wanted activation is captured."""
 
@@ -410,7 +403,7 @@ def top_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]:
     """Temporarily keep only decoder layers ``first_layer…`` so cached ``inputs_embeds`` enter there.
 
     Rotary positions and the causal mask are rebuilt from the batch as usual, so the loss equals the
-    full model's loss on the original batch (tests/test_lora.py checks this).
+    full model's loss on the original batch (tests/test_lora_math.py checks this).
     """
     inner, full = model.model, decoder_layers(model)
     use_cache = model.config.use_cache

@@ -1,4 +1,4 @@
-"""course_utils.instruct: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
+"""course_utils.instruction_tuning: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
 
 import math
 import random
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import instruct as I
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils import instruction_tuning as I
 from course_utils.data import load_rows
 from course_utils.train import IGNORE_INDEX
 
@@ -22,10 +22,6 @@ def tok():
     from course_utils.models import load_tokenizer
 
     return load_tokenizer("chat", profile="cpu")
-
-
-def _inline_cell(marker: str) -> str:
-    return marked_cell(NOTEBOOK, marker)
 
 
 # --------------------------------------------------------------------------- formats
@@ -73,8 +69,7 @@ def test_alpaca_text_and_seq2seq_prompts():
 
 
 def test_notebook_inline_formats_equal_package():
-    ns: dict = {}
-    exec(_inline_cell("# inline: formats"), ns)
+    ns = run_inline(NOTEBOOK.name, "formats")
     for row in ROWS:
         for system in (None, "Answer briefly."):
             assert ns["alpaca_to_messages"](row, system) == I.alpaca_to_messages(row, system=system)
@@ -84,8 +79,7 @@ def test_notebook_inline_formats_equal_package():
 
 
 def test_notebook_inline_template_equals_package():
-    ns: dict = {}
-    exec(_inline_cell("# inline: training template"), ns)
+    ns = run_inline(NOTEBOOK.name, "training template")
     assert ns["SMOLLM2_TRAINING_TEMPLATE"] == I.SMOLLM2_TRAINING_TEMPLATE
 
 

@@ -1,12 +1,15 @@
 """Quantization from scratch: number formats, linear quantization, NF4 with double quantization, QAT.
 
 Everything here is plain, vectorised torch (no Python loop over elements) and is checked against
-bitsandbytes in ``tests/test_quant.py``. Notebook 04 shows the core definitions inline and uses these.
+bitsandbytes in ``tests/test_quantization.py``. Notebook 04 shows the core definitions inline and uses these.
 
     >>> w_hat = fake_quant(w, bits=4, symmetric=True, granularity="group", group_size=64)   # same shape as w
     >>> packed, state = quantize_4bit(w, "nf4", blocksize=64, double_quant=True)          # bitsandbytes layout
     >>> torch.equal(dequantize_4bit(packed, state), bnb_dequantize_4bit(...))
     >>> bits_per_param(64, double_quant=True)                                             # 4.127
+
+Why one module of ~630 lines: it is notebook 04 end to end (formats, linear quantization, NF4/FP4, blockwise
+and double quantization, QAT, outliers), each piece tested against bitsandbytes here.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from course_utils.runtime import median_time
 
 # --------------------------------------------------------------------------- number formats
 
@@ -629,48 +633,5 @@ def quantize_dynamic_int8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Modu
         return quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
 
 
-# --------------------------------------------------------------------------- timing and benchmark
-
-def time_call(fn, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def bench_nf4(size: int = 4096, repeats: int = 3, double_quant: bool = True, seed: int = 0) -> dict:
-    """Our NF4 quantize+dequantize of a size×size fp32 matrix vs bitsandbytes on CPU, same run; prints the ratio.
-
-    Returns dict(ours_s, bnb_s, ratio (ours / bnb), max_abs_diff). Not a timed test: a printed measurement.
-    """
-    import bitsandbytes.functional as bnbf
-
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(size, size, generator=g) * 0.02                         # (size, size)
-
-    def ours():
-        packed, state = quantize_4bit(w, "nf4", 64, double_quant)
-        return dequantize_4bit(packed, state)
-
-    def theirs():
-        packed, state = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=double_quant, quant_type="nf4")
-        return bnbf.dequantize_4bit(packed, state)
-
-    ours_s, bnb_s = time_call(ours, repeats), time_call(theirs, repeats)
-    diff = float((ours() - theirs()).abs().max())
-    res = dict(size=size, ours_s=ours_s, bnb_s=bnb_s, ratio=ours_s / bnb_s, max_abs_diff=diff)
-    print(f"NF4 quantize+dequantize {size}×{size} fp32 (double quant={double_quant}), {torch.get_num_threads()} "
-          f"threads: ours {ours_s * 1e3:.0f} ms · bitsandbytes {bnb_s * 1e3:.0f} ms · ratio ours/bnb "
-          f"{res['ratio']:.2f}× · max |ours − bnb| {diff:.2e}")
-    return res
-
-
-if __name__ == "__main__":
-    import sys
-
-    bench_nf4(int(sys.argv[1]) if len(sys.argv) > 1 else 4096)
+# nb04 times its int8 models with ``Q.time_call``: the course's one median timer under its lesson-04 name.
+time_call = median_time

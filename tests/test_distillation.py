@@ -9,17 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import distill as D
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils import distillation as D
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_distillation.ipynb"
-
-
-def inline(name: str) -> dict:
-    """Execute the notebook cell marked ``# inline: <name>`` and return its namespace."""
-    ns: dict = {}
-    exec(compile(marked_cell(NOTEBOOK, f"# inline: {name}"), f"{NOTEBOOK.name}:{name}", "exec"), ns)
-    return ns
 
 
 def _logits(n=6, v=11, seed=0, scale=3.0):
@@ -203,7 +196,7 @@ def test_eval_student_averages_over_tokens_not_batches(tiny_llama, toy_batch):
 
 
 def test_inline_kd_loss_agrees():
-    fn = inline("kd_loss")["kd_loss"]
+    fn = run_inline(NOTEBOOK.name, "kd_loss")["kd_loss"]
     s, t, y = _logits(seed=9)
     y[0] = D.IGNORE_INDEX
     for T, alpha in ((1.0, 0.5), (3.0, 0.2)):

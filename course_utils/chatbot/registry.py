@@ -6,9 +6,11 @@ under a temporary name, fsync'ed, then renamed with ``os.replace`` — readers s
 Loading never unpickles: any other file (``.bin``, ``.pt``, ``.pkl`` …) is refused, every hash is checked,
 and the tensors are read with ``safetensors`` only.
 
-    >>> reg = AdapterRegistry("outputs/chatbot/adapters")
-    >>> v = reg.save("tax", state_dict, {"r": 8, ...})        # → 1
-    >>> state, config, manifest = reg.load("tax", v)
+Example::
+
+    reg = AdapterRegistry("outputs/chatbot/adapters")
+    v = reg.save("tax", state_dict, {"r": 8, ...})        # → 1
+    state, config, manifest = reg.load("tax", v)
 
 What the manifest proves: the files are the ones written (a flipped byte or a swapped file is caught). It
 is not a signature: someone who can rewrite the folder can also rewrite ``manifest.json``; the chatbot
@@ -17,7 +19,6 @@ therefore also keeps the manifest's own SHA-256 in its database and passes it as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +26,8 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from course_utils.models import sha256_file
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -37,15 +40,6 @@ _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 class AdapterIntegrityError(RuntimeError):
     """An adapter folder failed verification (missing, extra, pickled or tampered file); it was not loaded."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
-
+from course_utils.train import IGNORE_INDEX
 
 # --------------------------------------------------------------------------- the loss
 

@@ -8,17 +8,10 @@ import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
-from course_utils import prune as P
-from course_utils.course import marked_cell
+from conftest import run_inline
+from course_utils import pruning as P
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_pruning.ipynb"
-
-
-def inline(name: str) -> dict:
-    """Execute the notebook cell marked ``# inline: <name>`` and return its namespace."""
-    ns: dict = {}
-    exec(compile(marked_cell(NOTEBOOK, f"# inline: {name}"), f"{NOTEBOOK.name}:{name}", "exec"), ns)
-    return ns
 
 
 def _linears(model):
@@ -210,19 +203,19 @@ def test_lora_keeps_mask_until_merge(tiny_llama, toy_batch):
 
 @pytest.mark.parametrize("amount", [0.2, 0.5, 0.8])
 def test_inline_magnitude_mask_agrees(amount):
-    fn = inline("magnitude_mask")["magnitude_mask"]
+    fn = run_inline(NOTEBOOK.name, "magnitude_mask")["magnitude_mask"]
     w = torch.randn(64, 48)
     assert torch.equal(fn(w, amount), P.magnitude_mask(w, amount))
 
 
 def test_inline_two_four_mask_agrees():
-    fn = inline("two_four_mask")["two_four_mask"]
+    fn = run_inline(NOTEBOOK.name, "two_four_mask")["two_four_mask"]
     w = torch.randn(32, 64)
     assert torch.equal(fn(w), P.two_four_mask(w))
 
 
 def test_inline_slice_agrees(tiny_llama):
-    fn = inline("slice_mlp_channels_")["slice_mlp_channels_"]
+    fn = run_inline(NOTEBOOK.name, "slice_mlp_channels_")["slice_mlp_channels_"]
     mlp = tiny_llama.model.layers[1].mlp
     keep = P.keep_channels(P.mlp_channel_scores(mlp), 0.3)
     a, b = copy.deepcopy(mlp), copy.deepcopy(mlp)

@@ -107,7 +107,7 @@ SMOLLM2_TRAINING_TEMPLATE = (
 
 # Phi-3-mini-4k-instruct's chat template, from microsoft/Phi-3-mini-4k-instruct, tokenizer_config.json
 # ("chat_template", revision of July 2024; https://huggingface.co/microsoft/Phi-3-mini-4k-instruct).
-# TRL 1.15 ships the same string as trl/chat_templates/phi3.jinja (tests/test_instruct.py compares them).
+# TRL 1.15 ships the same string as trl/chat_templates/phi3.jinja (tests/test_instruction_tuning.py compares them).
 PHI3_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'system' %}"
     "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"

@@ -1,4 +1,4 @@
-"""course_utils.lora: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
+"""course_utils.lora_math: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
 
 import copy
 import math
@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import lora
-from course_utils.course import NOTEBOOK_DIR, marked_cell
-from course_utils.lora import (
+from conftest import run_inline
+from course_utils import lora_math as lora
+from course_utils.course import NOTEBOOK_DIR
+from course_utils.lora_math import (
     LoRALinear,
     copy_lora_to_peft,
     delta_weight,
@@ -27,7 +28,6 @@ from course_utils.lora import (
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NOTEBOOK = NOTEBOOK_DIR / "03_lora_math.ipynb"
-MARKER = "# lora-core"
 
 
 def _perturb_B(model: nn.Module, std: float = 0.05, seed: int = 1) -> None:
@@ -261,16 +261,9 @@ def test_parity_with_peft_embedded_model(embedded):
 # --------------------------------------------------------------------------- the notebook's inline core
 
 
-def _inline_core() -> dict:
-    """Execute the notebook cell marked ``# lora-core`` and return its namespace."""
-    ns: dict = {}
-    exec(compile(marked_cell(NOTEBOOK, MARKER), str(NOTEBOOK) + ":lora-core", "exec"), ns)
-    return ns
-
-
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_notebook_inline_core_agrees_with_package(use_rslora):
-    ns = _inline_core()
+    ns = run_inline(NOTEBOOK.name, "lora-core")
     assert ns["lora_scaling"](16, 8, use_rslora) == lora_scaling(16, 8, use_rslora)
     torch.manual_seed(0)
     base = nn.Linear(24, 40)
@@ -299,7 +292,7 @@ def test_notebook_inline_core_agrees_with_package(use_rslora):
 
 
 def test_cached_prefix_gives_the_full_models_loss_and_gradients(tiny_llama, toy_batch):
-    from course_utils.lora import cache_frozen_prefix, top_layers_only
+    from course_utils.lora_math import cache_frozen_prefix, top_layers_only
 
     inject_lora(tiny_llama, ["q_proj", "down_proj"], r=2, layers_to_transform=[1])
     _perturb_B(tiny_llama)
@@ -398,8 +391,7 @@ def test_dora_weight_is_magnitude_times_unit_rows():
 
 
 def test_notebook_dora_core_agrees_with_package():
-    ns = _inline_core()
-    exec(compile(marked_cell(NOTEBOOK, "# dora-core"), str(NOTEBOOK) + ":dora-core", "exec"), ns)
+    ns = run_inline(NOTEBOOK.name, "dora-core", run_inline(NOTEBOOK.name, "lora-core"))
     torch.manual_seed(0)
     base = nn.Linear(24, 40)
     ours = lora.DoRALinear(copy.deepcopy(base), r=4, lora_alpha=8)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_utils import bench
-from course_utils.bench_efficiency import (
+from course_utils.bench import __main__ as bench
+from course_utils.bench.efficiency import (
     GOALS,
     SEVEN,
     Shape,
@@ -109,4 +109,4 @@ def test_table_marks_missed_goals_and_the_subcommand_is_registered():
                 "sft_config_default_gradient_checkpointing": False}
     text = format_table(rows, overhead, 2.5e11, 1e10)
     assert " NO " in text and " yes " in text and "1.50×" in text and "gradient checkpointing off" in text
-    assert "efficiency" in bench.BENCHES and bench.available("efficiency")
+    assert bench.BENCHES["efficiency"] == ("efficiency", "run")

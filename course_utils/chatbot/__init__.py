@@ -1,0 +1,13 @@
+"""Capstone (notebook 09): a Korean tax-and-accounting chatbot that keeps learning from feedback.
+
+Import each piece from its module (this package re-exports nothing):
+
+- ``store``: feedback validation and the SQLite store (``FeedbackStore``, ``DOMAINS``, ``sigkill_demo``);
+- ``registry``: versioned, checksummed safetensors adapter folders (``AdapterRegistry``);
+- ``backend``: ``LoraBackend``, per-domain peft LoRA adapters on one base model plus a training clone; a
+  hand-written bottleneck adapter (``course_utils.peft_methods``) could stand in behind its four methods;
+- ``bot``: ``ChatbotConfig``, the eval gate ``should_accept``, ``guess_domain`` and ``Chatbot`` (rounds, monitor);
+- ``ui``: the ipywidgets chat ``ChatUI`` and the monitoring ``plot_dashboard``.
+
+Its benchmarks live in ``course_utils.bench.chatbot``.
+"""
