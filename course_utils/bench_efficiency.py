@@ -142,13 +142,18 @@ def _best(fn, repeats: int, warmup: int = 1) -> float:
     return min(times)
 
 
-def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS) -> float:
-    """FLOP/s of an n×n by n×n matmul in ``dtype`` (default fp32), torch's current threads, best of ``repeats``."""
+def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS, device: str = "cpu") -> float:
+    """FLOP/s of an n×n by n×n matmul in ``dtype`` (default fp32) on ``device``, best of ``repeats``.
+
+    On a CPU with torch's current threads; on a GPU each call waits for the kernel (``torch.cuda.synchronize``).
+    """
     import torch
 
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype or torch.float32)
-    b = torch.randn(n, n, generator=g).to(dtype or torch.float32)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
+    if device == "cuda":
+        return 2 * n ** 3 / _best(lambda: (torch.mm(a, b), torch.cuda.synchronize()), repeats)
     return 2 * n ** 3 / _best(lambda: torch.mm(a, b), repeats)
 
 

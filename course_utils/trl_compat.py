@@ -37,14 +37,15 @@ class TorchLogProbs:
             log_p = torch.log_softmax(z, dim=-1)                                  # (n, V)
             t = targets[s:s + token_chunk]
             row = {"log_probs": log_p.gather(1, t[:, None])[:, 0]}
-            if "entropy" in outputs:
-                row["entropy"] = -(log_p.exp() * log_p).sum(-1)
-            if "log_sum_sq_probs" in outputs:
-                row["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, dim=-1).detach()
-            if "mean_logits" in outputs:
-                row["mean_logits"] = z.mean(-1).detach()
-            if "is_top1" in outputs:
-                row["is_top1"] = z.argmax(-1) == t
+            with torch.no_grad():  # metrics only (TRL logs them detached): no autograd graph over (n, V)
+                if "entropy" in outputs:
+                    row["entropy"] = -(log_p.exp() * log_p).sum(-1)
+                if "log_sum_sq_probs" in outputs:
+                    row["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, dim=-1)
+                if "mean_logits" in outputs:
+                    row["mean_logits"] = z.mean(-1)
+                if "is_top1" in outputs:
+                    row["is_top1"] = z.argmax(-1) == t
             pieces.append(row)
         keys = ("log_probs",) + OUTPUTS
         return tuple(torch.cat([p[k] for p in pieces]) if k in pieces[0] else None for k in keys)
@@ -81,6 +82,9 @@ def sft_config(**kwargs):
 
 
 patch_trl()
+from course_utils.efficiency import install as _install_efficiency  # noqa: E402
+
+_install_efficiency()  # every Trainer prints its efficiency line (scripts too)
 from trl import SFTTrainer  # noqa: E402  (re-exported after the patch)
 
 __all__ = ["SFTTrainer", "TorchLogProbs", "patch_trl", "sft_config"]
