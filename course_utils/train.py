@@ -51,6 +51,29 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def padding_free(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A right-padded batch (B, T) as one row (1, ΣL) without padding: the same loss, no pad positions computed.
+
+    position_ids restart at every example, so the model's attention keeps the examples apart (transformers' mask
+    builds a block-diagonal causal mask from packed position_ids: Llama/SmolLM2, Qwen2, Phi-3, ...); each
+    example's first label becomes −100, since it would be predicted from the previous example's last token (in the
+    padded batch nothing predicts it either). Same (context, target) pairs, same mean: exact up to float order.
+    """
+    mask = batch["attention_mask"].bool()                                    # (B, T)
+    lengths = mask.sum(1)                                                    # (B,)
+    labels = batch["labels"][mask].clone()                                   # (ΣL,)
+    labels[torch.cumsum(lengths, 0) - lengths] = IGNORE_INDEX
+    positions = torch.cat([torch.arange(int(n)) for n in lengths])           # (ΣL,)
+    return {"input_ids": batch["input_ids"][mask][None], "labels": labels[None], "position_ids": positions[None],
+            "use_cache": False}   # with a KV cache transformers would not read the packing from position_ids
+
+
+def pad_share(batches: list[dict]) -> float:
+    """Share of the positions in ``batches`` that are padding (attention_mask 0)."""
+    total = sum(int(b["attention_mask"].numel()) for b in batches)
+    return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / max(total, 1)
+
+
 def make_batches(tokenizer, prompts: list[str], completions: list[str], batch_size: int, seq_len: int,
                  loss_on_prompt: bool = False, shuffle: bool = True, seed: int = 0) -> list[dict]:
     """Encode prompt/completion pairs and group them into padded batches (one epoch)."""
