@@ -176,6 +176,7 @@ class Run:
     peak_mb: float
     device: str            # "cpu" or "cuda"
     dtype: str             # the matmul dtype: "fp32", "bf16" (autocast or weights) or "fp16"
+    checkpointing_cost: float | None = None   # forward+backward time with / without gradient checkpointing
 
 
 _PENDING: list[Run] = []
@@ -203,7 +204,12 @@ def format_line(runs: list[Run], peaks: dict | None) -> str:
         mfu = (f"MFU {100 * ratio:.2g}% of this machine's {dtype} matmul peak "
                f"({peak / 1e9:,.0f} GFLOP/s, measured once)")
     how = "bf16 autocast, fp32 weights" if runs[0].device == "cpu" and "bf16" in dtypes else "/".join(dtypes)
-    return " · ".join([head, mem, mfu, how])
+    parts = [head, mem, mfu, how]
+    costs = [r.checkpointing_cost for r in runs if r.checkpointing_cost is not None]
+    if costs:
+        parts.append(f"gradient checkpointing on: forward+backward {max(costs):.2f}× the time without it "
+                     "(measured on one row)")
+    return " · ".join(parts)
 
 
 def _peaks_for(runs: list[Run]) -> dict | None:
@@ -315,10 +321,13 @@ def _trainer_callback_class():
             self.mem = PeakMemory(self.meter.device)
             self.mem.__enter__()
 
+            self.last = None
+
             def count(module, a, kw):
                 ids = kw.get("input_ids", a[0] if a else None)
                 if module.training and ids is not None and _grad_enabled():
                     self.meter.add_tokens(ids, kw.get("attention_mask"))
+                    self.last = kw
 
             self.hook = model.register_forward_pre_hook(count, with_kwargs=True)
 
@@ -331,9 +340,69 @@ def _trainer_callback_class():
         def on_train_end(self, args, state, control, **kwargs):
             self.hook.remove()
             self.mem.__exit__(None, None, None)
-            self.meter.done(self.mem.peak_mb)
+            cost = None
+            if self.last is not None and checkpointing_layers(self.meter.model):
+                cost = checkpointing_cost(self.meter.model, self.last, self.meter.dtype)
+            self.last = None
+            if self.meter.tokens:
+                run = self.meter.run(self.mem.peak_mb)
+                run.checkpointing_cost = cost
+                record(run)
 
     return EfficiencyCallback
+
+
+def checkpointing_layers(model) -> list:
+    """The layers of ``model`` that recompute their activations in the backward (transformers' checkpointing)."""
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
+def checkpointing_cost(model, inputs: dict, dtype: str = "fp32") -> float | None:
+    """Forward+backward time on the first row of ``inputs`` with gradient checkpointing over the same without it.
+
+    The layers' ``gradient_checkpointing`` flags are switched off and back on (nothing else changes); the gradients
+    are cleared afterwards. None in the rehearsal (its timings mean nothing) or where the model's forward fails.
+    """
+    import time
+
+    import torch
+
+    from course_utils.runtime import rehearsing, synchronize
+
+    layers = checkpointing_layers(model)
+    if rehearsing() or not layers:
+        return None
+    row = {k: (v[:1] if torch.is_tensor(v) and v.dim() > 1 else v) for k, v in inputs.items()
+           if k not in ("fused_lm_head", "num_items_in_batch")}
+    row.setdefault("labels", row.get("input_ids"))
+    device = next(model.parameters()).device.type
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    was_training = model.training
+    model.train()
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=half or torch.bfloat16, enabled=half is not None and device == "cpu"):
+            loss = model(**row).loss
+        loss.backward()
+        synchronize()
+        return time.perf_counter() - t0
+
+    try:
+        with_ckpt = min(once() for _ in range(2))
+        for m in layers:
+            m.gradient_checkpointing = False
+        try:
+            without = min(once() for _ in range(2))
+        finally:
+            for m in layers:
+                m.gradient_checkpointing = True
+    except Exception:  # noqa: BLE001 - a report, never a failure of the lesson
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return with_ckpt / max(without, 1e-9)
 
 
 def _grad_enabled() -> bool:
