@@ -65,8 +65,9 @@ def sft_config(**kwargs):
     """``trl.SFTConfig`` with the course's defaults: the profile's precision and device, no reports, no saves.
 
     The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
-    CPU in fp32. TRL turns bf16 on by default even on CPU, where it measured 14× slower on this course's
-    machines; on a GPU ``runtime.precision_flags`` picks bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
+    CPU. TRL turns bf16 on by default even on CPU, where it measured 14× slower on an AVX2 machine and 0.6× fp32
+    on this course's Xeon (flags say avx512_bf16); ``runtime.precision_flags`` decides instead: on a CPU bf16
+    autocast only where ``runtime.cpu_bf16()`` measured it faster, on a GPU bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
     checkpointing on by default, which recomputes activations every step (issue 18 measured a LoRA step at 1.65×
     the plain PyTorch step with it, 1.33× without; ``python -m course_utils.bench efficiency`` measures both):
     here it is off unless the caller asks, ``sft_config(..., gradient_checkpointing=True)``.
