@@ -173,8 +173,65 @@ def fast_bf16() -> bool:
     return cap is not None and cap >= (8, 0)
 
 
+CPU_BF16_ENV = "COURSE_CPU_BF16"   # "1"/"0": force bf16 autocast on a CPU on/off (default: measured)
+CPU_BF16_MIN_SPEEDUP = 1.5         # bf16 matmul must measure this much faster than fp32 to be used
+
+
+def cpu_bf16(measure=None) -> bool:
+    """True when training on this CPU runs its matmuls in bf16 (``torch.autocast("cpu")``, fp32 master weights).
+
+    Decided by a measurement, not by CPU flags: bf16 and fp32 square matmuls timed once per machine (cached with the
+    efficiency line's peak, ``course_utils.efficiency.machine_peaks``); bf16 is used where it measures
+    ≥ ``CPU_BF16_MIN_SPEEDUP``× fp32 (AVX512-BF16/AMX CPUs: ~4×; an AVX2-only CPU emulates it, ~14× slower).
+    ``COURSE_CPU_BF16=1``/``0`` overrides. ``measure(device) -> {"fp32", "bf16"}`` fakes the measurement (tests).
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in {"0", "1", "true", "false", "yes", "no", "on", "off"}:
+        return forced in {"1", "true", "yes", "on"}
+    if forced:
+        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 autocast) or 0 (fp32)")
+    from course_utils.efficiency import machine_peaks
+
+    peaks = machine_peaks("cpu", measure=measure)
+    return peaks["bf16"] >= CPU_BF16_MIN_SPEEDUP * peaks["fp32"]
+
+
+def autocast_dtype(device: str | None = None):
+    """The dtype training autocasts to: bf16 on a CPU where ``cpu_bf16()``, else None (GPUs keep 16-bit weights).
+
+    >>> autocast_dtype("cuda") is None
+    True
+    """
+    import torch
+
+    device = device or settings().device
+    return torch.bfloat16 if device == "cpu" and cpu_bf16() else None
+
+
+def autocast_dtype_name(device: str | None = None) -> str | None:
+    """``"bf16"`` when ``autocast_dtype(device)`` is bf16, else None (for reports)."""
+    return "bf16" if autocast_dtype(device) is not None else None
+
+
+def autocast(device: str | None = None):
+    """The training forward's precision context: ``torch.autocast("cpu", bfloat16)`` where ``cpu_bf16()``, else a
+    no-op. The weights stay in ``compute_dtype`` (fp32 on a CPU): autocast casts each matmul's inputs.
+
+    >>> with autocast("cpu"):
+    ...     loss = model(**batch).loss
+    """
+    import contextlib
+
+    import torch
+
+    dtype = autocast_dtype(device)
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def compute_dtype(device: str | None = None):
     """The dtype for weights and compute: bf16 on Ampere+, fp16 on older GPUs (T4), fp32 on a CPU.
+
+    On a CPU with fast bf16 the weights stay fp32 and the training forward autocasts (``autocast``).
 
     >>> compute_dtype("cpu")
     torch.float32
@@ -188,15 +245,18 @@ def compute_dtype(device: str | None = None):
 
 
 def precision_flags(device: str | None = None) -> dict:
-    """``bf16``/``fp16`` for ``TrainingArguments``/``SFTConfig``: mixed precision matching ``compute_dtype``.
+    """``bf16``/``fp16`` for ``TrainingArguments``/``SFTConfig``: mixed precision matching ``compute_dtype``, and on
+    a CPU bf16 where ``cpu_bf16()`` (the Trainer then autocasts on the CPU and keeps fp32 weights).
 
-    >>> precision_flags("cpu")
+    >>> precision_flags("cpu")   # with COURSE_CPU_BF16=0, or on a CPU whose bf16 is not faster
     {'bf16': False, 'fp16': False}
     """
     import torch
 
+    device = device or settings().device
     dtype = compute_dtype(device)
-    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+    return {"bf16": dtype == torch.bfloat16 or autocast_dtype(device) == torch.bfloat16,
+            "fp16": dtype == torch.float16}
 
 
 # --------------------------------------------------------------------------- one device convention
@@ -343,7 +403,8 @@ def env_report() -> dict:
     report = {"python": platform.python_version(), "platform": platform.platform(terse=True),
               **{p: _version(p) for p in REPORTED_PACKAGES}, "profile": s.profile, "device": s.device,
               "cuda": f"{gpu_name()} (sm{cap[0]}{cap[1]})" if cap else "none",
-              "dtype": str(compute_dtype(s.device)).replace("torch.", ""),
+              "dtype": str(compute_dtype(s.device)).replace("torch.", "") + (
+                  " weights, bf16 autocast (measured faster here)" if autocast_dtype(s.device) is not None else ""),
               "rehearsal": s.rehearsal,
               "torch threads": s.threads, "colab": in_colab(), "hf offline": is_offline()}
     return report
@@ -358,6 +419,9 @@ def print_env() -> dict:
     from course_utils.quiet import quiet_known_warnings
 
     quiet_known_warnings()
+    from course_utils.efficiency import install
+
+    install()  # every training cell prints one efficiency line
     report = env_report()
     width = max(map(len, report))
     for key, value in report.items():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from course_utils.runtime import device_of, synchronize, to_device
+from course_utils.runtime import autocast, device_of, synchronize, to_device
 
 IGNORE_INDEX = -100  # label value that the cross-entropy skips (prompt and padding tokens)
 
@@ -49,6 +49,29 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def padding_free(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A right-padded batch (B, T) as one row (1, ΣL) without padding: the same loss, no pad positions computed.
+
+    position_ids restart at every example, so the model's attention keeps the examples apart (transformers' mask
+    builds a block-diagonal causal mask from packed position_ids: Llama/SmolLM2, Qwen2, Phi-3, ...); each
+    example's first label becomes −100, since it would be predicted from the previous example's last token (in the
+    padded batch nothing predicts it either). Same (context, target) pairs, same mean: exact up to float order.
+    """
+    mask = batch["attention_mask"].bool()                                    # (B, T)
+    lengths = mask.sum(1)                                                    # (B,)
+    labels = batch["labels"][mask].clone()                                   # (ΣL,)
+    labels[torch.cumsum(lengths, 0) - lengths] = IGNORE_INDEX
+    positions = torch.cat([torch.arange(int(n)) for n in lengths])           # (ΣL,)
+    return {"input_ids": batch["input_ids"][mask][None], "labels": labels[None], "position_ids": positions[None],
+            "use_cache": False}   # with a KV cache transformers would not read the packing from position_ids
+
+
+def pad_share(batches: list[dict]) -> float:
+    """Share of the positions in ``batches`` that are padding (attention_mask 0)."""
+    total = sum(int(b["attention_mask"].numel()) for b in batches)
+    return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / max(total, 1)
 
 
 def make_batches(tokenizer, prompts: list[str], completions: list[str], batch_size: int, seq_len: int,
@@ -206,6 +229,17 @@ def evaluate_loss(model, batches: list[dict], loss_fn=lm_loss) -> float:
     return total / max(count, 1)
 
 
+def adamw(params, lr: float, weight_decay: float = 0.0, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA fp32/bf16/fp16): one kernel
+    per step instead of a loop of element-wise ops per tensor (the same update; ``fused=False`` turns it off)."""
+    params = list(params)
+    fused = kwargs.pop("fused", None)
+    if fused is None:
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                    and not p.is_sparse for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused, **kwargs)
+
+
 def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=None, optimizer=None,
           warmup_steps: int = 0, grad_clip: float | None = 1.0, loss_fn=lm_loss, eval_batches=None,
           eval_every: int | None = None, patience: int | None = None, on_step=None,
@@ -215,15 +249,18 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
     Batches are cycled. ``warmup_steps`` ramps the learning rate linearly from 0. With ``eval_batches``
     and ``eval_every`` the validation loss is recorded; with ``patience`` training stops early after
     that many evaluations without improvement. ``on_step(step, loss)`` is called after each step.
+    On a CPU with fast bf16 the forward runs under ``runtime.autocast`` (fp32 weights and optimizer state); the
+    run's efficiency line (tokens/s, peak memory, MFU) is reported to ``course_utils.efficiency``.
     """
     from tqdm.auto import tqdm
 
+    from course_utils.efficiency import Meter
     from course_utils.models import count_parameters
 
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: set requires_grad on the parameters to train")
-    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = optimizer or adamw(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps
                                               else 1.0)
     device = device_of(model)
@@ -231,12 +268,14 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
     res.trainable, res.total = count_parameters(model)
     best, bad_evals = math.inf, 0
     model.train()
+    meter = Meter(model)
     with PeakMemory(device.type) as mem:
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for step in bar:
             batch = to_device(batches[step % len(batches)], model)
             t0 = time.perf_counter()
-            loss = loss_fn(model, batch)
+            with autocast(device.type):
+                loss = loss_fn(model, batch)
             loss.backward()
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -245,6 +284,7 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
             opt.zero_grad(set_to_none=True)
             synchronize()
             res.step_times.append(time.perf_counter() - t0)
+            meter.add(batch, res.step_times[-1])
             res.losses.append(loss.item())
             if not math.isfinite(res.losses[-1]):
                 dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params})
@@ -264,4 +304,5 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
                     break
     model.eval()
     res.peak_mb, res.delta_mb = mem.peak_mb, mem.delta_mb
+    meter.done(res.peak_mb)
     return res

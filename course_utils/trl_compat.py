@@ -37,14 +37,15 @@ class TorchLogProbs:
             log_p = torch.log_softmax(z, dim=-1)                                  # (n, V)
             t = targets[s:s + token_chunk]
             row = {"log_probs": log_p.gather(1, t[:, None])[:, 0]}
-            if "entropy" in outputs:
-                row["entropy"] = -(log_p.exp() * log_p).sum(-1)
-            if "log_sum_sq_probs" in outputs:
-                row["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, dim=-1).detach()
-            if "mean_logits" in outputs:
-                row["mean_logits"] = z.mean(-1).detach()
-            if "is_top1" in outputs:
-                row["is_top1"] = z.argmax(-1) == t
+            with torch.no_grad():  # metrics only (TRL logs them detached): no autograd graph over (n, V)
+                if "entropy" in outputs:
+                    row["entropy"] = -(log_p.exp() * log_p).sum(-1)
+                if "log_sum_sq_probs" in outputs:
+                    row["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, dim=-1)
+                if "mean_logits" in outputs:
+                    row["mean_logits"] = z.mean(-1)
+                if "is_top1" in outputs:
+                    row["is_top1"] = z.argmax(-1) == t
             pieces.append(row)
         keys = ("log_probs",) + OUTPUTS
         return tuple(torch.cat([p[k] for p in pieces]) if k in pieces[0] else None for k in keys)
@@ -64,8 +65,9 @@ def sft_config(**kwargs):
     """``trl.SFTConfig`` with the course's defaults: the profile's precision and device, no reports, no saves.
 
     The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
-    CPU in fp32. TRL turns bf16 on by default even on CPU, where it measured 14× slower on this course's
-    machines; on a GPU ``runtime.precision_flags`` picks bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
+    CPU. TRL turns bf16 on by default even on CPU, where it measured 14× slower on an AVX2 machine and 0.6× fp32
+    on this course's Xeon (flags say avx512_bf16); ``runtime.precision_flags`` decides instead: on a CPU bf16
+    autocast only where ``runtime.cpu_bf16()`` measured it faster, on a GPU bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
     checkpointing on by default, which recomputes activations every step (issue 18 measured a LoRA step at 1.65×
     the plain PyTorch step with it, 1.33× without; ``python -m course_utils.bench efficiency`` measures both):
     here it is off unless the caller asks, ``sft_config(..., gradient_checkpointing=True)``.
@@ -81,6 +83,9 @@ def sft_config(**kwargs):
 
 
 patch_trl()
+from course_utils.efficiency import install as _install_efficiency  # noqa: E402
+
+_install_efficiency()  # every Trainer prints its efficiency line (scripts too)
 from trl import SFTTrainer  # noqa: E402  (re-exported after the patch)
 
 __all__ = ["SFTTrainer", "TorchLogProbs", "patch_trl", "sft_config"]

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("COURSE_PROFILE", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("COURSE_CPU_BF16", "0")   # unit and parity tests in fp32; the decision is tested with fakes
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

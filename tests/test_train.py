@@ -79,3 +79,24 @@ def test_evaluate_loss_matches_model_loss(tiny_llama, toy_batch):
     with torch.no_grad():
         direct = float(tiny_llama(**toy_batch).loss)
     assert abs(T.evaluate_loss(tiny_llama, [toy_batch]) - direct) < 1e-5
+
+
+def test_padding_free_batch_has_the_same_loss_and_gradient(tiny_llama):
+    """Packing a padded batch into one row with restarting position_ids changes nothing the model learns."""
+    from course_utils.train import collate, pad_share, padding_free
+
+    g = torch.Generator().manual_seed(3)
+    examples = [{"input_ids": torch.randint(0, 64, (n,), generator=g).tolist()} for n in (9, 4, 12, 6)]
+    for e in examples:
+        e["labels"] = [-100] * 2 + e["input_ids"][2:]
+    padded = collate(examples, pad_id=0)
+    packed = padding_free(padded)
+    assert packed["input_ids"].shape == (1, 31) and 0.3 < pad_share([padded]) < 0.4
+    grads = []
+    for batch in (padded, packed):
+        tiny_llama.zero_grad()
+        loss = tiny_llama(**batch).loss
+        loss.backward()
+        grads.append((loss.detach(), tiny_llama.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])

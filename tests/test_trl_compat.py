@@ -69,3 +69,28 @@ def test_sft_config_turns_gradient_checkpointing_on_only_when_asked(tmp_path):
     assert default.gradient_checkpointing is False
     assert sft_config(output_dir=str(tmp_path), gradient_checkpointing=True).gradient_checkpointing is True
     assert (default.report_to, default.save_strategy, default.logging_steps) == ([], "no", 1)  # the rest as before
+
+
+def test_a_trainer_prints_one_efficiency_line_with_the_cost_of_checkpointing(tmp_path, tiny_llama, capsys,
+                                                                               monkeypatch):
+    """Every Trainer gets the EfficiencyCallback; with gradient checkpointing switched on, its cost is measured."""
+    from datasets import Dataset
+
+    from course_utils import efficiency
+    from course_utils.trl_compat import SFTTrainer, sft_config
+
+    monkeypatch.setattr(efficiency, "_in_ipython", lambda: None)
+    monkeypatch.setattr(efficiency, "machine_peaks", lambda device="cpu", measure=None: {"fp32": 1e11, "bf16": 1e11})
+    ds = Dataset.from_dict({"input_ids": [[i % 60, (i + 1) % 60, (i + 2) % 60, (i + 3) % 60] for i in range(8)]})
+    args = sft_config(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, max_length=8,
+                      disable_tqdm=True, gradient_checkpointing=True)
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 61, "<unk>": 60},
+                                                                               unk_token="<unk>")),
+                                  pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")
+    SFTTrainer(model=tiny_llama, args=args, train_dataset=ds, processing_class=tok).train()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("efficiency:")]
+    assert len(lines) == 1 and "tokens/s" in lines[0] and "MFU" in lines[0]
+    assert "gradient checkpointing on: forward+backward" in lines[0], lines[0]

@@ -140,13 +140,18 @@ def _best(fn, repeats: int, warmup: int = 1) -> float:
     return min(wall_times(fn, repeats, warmup))
 
 
-def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS) -> float:
-    """FLOP/s of an n×n by n×n matmul in ``dtype`` (default fp32), torch's current threads, best of ``repeats``."""
+def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS, device: str = "cpu") -> float:
+    """FLOP/s of an n×n by n×n matmul in ``dtype`` (default fp32) on ``device``, best of ``repeats``.
+
+    On a CPU with torch's current threads; on a GPU each call waits for the kernel (``torch.cuda.synchronize``).
+    """
     import torch
 
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype or torch.float32)
-    b = torch.randn(n, n, generator=g).to(dtype or torch.float32)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
+    if device == "cuda":
+        return 2 * n ** 3 / _best(lambda: (torch.mm(a, b), torch.cuda.synchronize()), repeats)
     return 2 * n ** 3 / _best(lambda: torch.mm(a, b), repeats)
 
 
@@ -172,14 +177,20 @@ def _lora_config(r: int = LORA_R):
     return LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=list(SEVEN), task_type="CAUSAL_LM")
 
 
-def _step_fn(model, batch, lr: float, autocast_dtype=None):
+ADAMW_VARIANTS = {"per-tensor loop": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
+                  "fused": dict(fused=True)}
+
+
+def _step_fn(model, batch, lr: float, autocast_dtype=None, adamw: str = "fused"):
     """One complete plain-PyTorch training step (zero_grad, forward + loss, backward, AdamW step) as a closure.
 
     ``autocast_dtype=torch.bfloat16``: the forward under ``torch.autocast("cpu")`` (fp32 master weights kept).
+    ``adamw``: one of ``ADAMW_VARIANTS``; "fused" is what ``course_utils.train.adamw`` (the course's loop) and
+    TRL (``optim="adamw_torch_fused"``, its default on torch ≥ 2.8) use.
     """
     import torch
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, **ADAMW_VARIANTS[adamw])
     model.train()
     model.config.use_cache = False
 
@@ -261,6 +272,25 @@ def _trl_step_s(tok, batch, gradient_checkpointing: bool, steps: int = 1 + REPEA
     return min(gaps)
 
 
+def _padding_ratio(tok, model, repeats: int) -> dict:
+    """The lessons' own batches (nb01/nb02: domain_qa, batch 4, length ≤ 64): their pad share, and the LoRA step
+    over all of them padded vs padding-free (``course_utils.train.padding_free``)."""
+    from course_utils.data import load_rows
+    from course_utils.finetune import qa_pairs
+    from course_utils.train import make_batches, pad_share, padding_free
+
+    batches = make_batches(tok, *qa_pairs(load_rows("domain_qa", "train")), batch_size=4, seq_len=64)[:8]
+    free = [padding_free(b) for b in batches]
+
+    def steps(bs):
+        fns = [_step_fn(model, b, lr=0.0) for b in bs]
+        return lambda: [f() for f in fns]
+
+    padded_s, free_s = _best(steps(batches), repeats), _best(steps(free), repeats)
+    return {"batches": len(batches), "pad_share": pad_share(batches), "padded_s": padded_s, "free_s": free_s,
+            "ratio": free_s / padded_s}
+
+
 def _machine() -> dict:
     import torch
 
@@ -288,6 +318,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
     from course_utils.runtime import apply_offline_defaults, profile_name
 
     apply_offline_defaults()
+    os.environ.setdefault("COURSE_EFFICIENCY", "0")   # the Trainers' own efficiency lines: this table says it all
     if profile_name() != "cpu":
         print("bench efficiency measures the cpu profile: run it with COURSE_PROFILE=cpu")
         return {"skipped": "not the cpu profile"}
@@ -340,11 +371,20 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
     plain_step = _step_fn(lora, batch, lr=2e-4)
     train_row("lora", f"LoRA r={LORA_R} step (7 projections)", plain_step)
     plain_s = rows[-1]["s"]
+    adamw_s = {"fused": plain_s}
+    for name in ("per-tensor loop", "foreach"):   # the optimizer's share: the same step with the other AdamWs
+        adamw_s[name] = _best(_step_fn(lora, batch, lr=2e-4, adamw=name), repeats)
+    say("AdamW in the LoRA step: " + " · ".join(f"{k} {v:.3f} s ({v / plain_s:.2f}× fused)"
+                                                 for k, v in adamw_s.items()))
     if bf16 > 1.2 * fp32:   # fast bf16 here: the same step under autocast, against the bf16 peak (no goal)
         train_row("lora_bf16", f"LoRA r={LORA_R} step, bf16 autocast", _step_fn(lora, batch, 2e-4, torch.bfloat16),
                   peak=bf16, mode="lora")
     else:
         say("(bf16 matmul is not faster than fp32 here: no bf16 autocast step measured)")
+    padding = _padding_ratio(tok, lora, repeats)
+    say(f"padding: the lessons' batches (domain_qa, {padding['batches']} batches of 4 × ≤ 64, as make_batches "
+        f"pads them) are {padding['pad_share']:.0%} padding; padded steps {padding['padded_s']:.3f} s · "
+        f"padding-free (train.padding_free, exact) {padding['free_s']:.3f} s = {padding['ratio']:.2f}× the time")
     trl_off = _trl_step_s(tok, batch, gradient_checkpointing=False)
     trl_on = _trl_step_s(tok, batch, gradient_checkpointing=True)
     from course_utils.trl_compat import sft_config
@@ -373,7 +413,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
     rows.append({"kind": "generation", "label": "generation (batch 1, greedy, fp32)", "s": 1 / gen_tps,
                  "tokens_per_s": gen_tps, "bound_tokens_per_s": bandwidth_bound_tokens_per_s(weight_bytes, bw),
                  "ratio": gen_ratio, "goal": GOALS["generation"], "met": goal_met("generation", gen_ratio)})
-    overhead = {"plain_s": plain_s, "trl_gc_off_s": trl_off, "trl_gc_on_s": trl_on,
+    overhead = {"adamw_s": adamw_s, "padding": padding, "plain_s": plain_s, "trl_gc_off_s": trl_off, "trl_gc_on_s": trl_on,
                 "ratio_gc_off": trl_off / plain_s, "ratio_gc_on": trl_on / plain_s,
                 "sft_config_default_gradient_checkpointing": default_gc}
     wall = time.perf_counter() - t_start
