@@ -93,7 +93,7 @@ def measure_peaks(device: str = "cpu") -> dict:
     import torch
 
     if device == "cuda":
-        from course_utils.bench_efficiency import matmul_flops
+        from course_utils.bench.efficiency import matmul_flops
 
         return {d: matmul_flops(getattr(torch, t), n=PEAK_N, repeats=PEAK_REPEATS, device="cuda")
                 for d, t in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from course_utils import efficiency, runtime
-from course_utils.bench_efficiency import Shape, flops_per_token, matmul_params
+from course_utils.bench.efficiency import Shape, flops_per_token, matmul_params
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_full_fine_tuning_flops_equal_the_benchmarks_count():
 def test_lora_flops_are_the_benchmarks_count_less_backward_where_nothing_upstream_trains():
     from peft import LoraConfig, get_peft_model
 
-    from course_utils.bench_efficiency import SEVEN
+    from course_utils.bench.efficiency import SEVEN
 
     model = get_peft_model(_tiny(), LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=list(SEVEN)))
     shape, T = Shape.from_config(model.config), 12

@@ -276,7 +276,7 @@ def _padding_ratio(tok, model, repeats: int) -> dict:
     """The lessons' own batches (nb01/nb02: domain_qa, batch 4, length ≤ 64): their pad share, and the LoRA step
     over all of them padded vs padding-free (``course_utils.train.padding_free``)."""
     from course_utils.data import load_rows
-    from course_utils.finetune import qa_pairs
+    from course_utils.fine_tuning import qa_pairs
     from course_utils.train import make_batches, pad_share, padding_free
 
     batches = make_batches(tok, *qa_pairs(load_rows("domain_qa", "train")), batch_size=4, seq_len=64)[:8]
