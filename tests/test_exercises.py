@@ -1,12 +1,16 @@
-"""Every exercise checker accepts its solution and rejects a wrong answer (and a blank never raises)."""
+"""Every exercise checker accepts its solution and rejects a wrong answer (a blank never raises), and every
+exercise cell in the notebooks is followed by its hint/solution cell."""
 
 import importlib
+import json
 import pkgutil
+import re
 
 import pytest
 import torch
 
 import course_utils.exercises as exercises
+from course_utils import course
 from course_utils.exercises import Exercise, ____
 
 MODULES = [m.name for m in pkgutil.iter_modules(exercises.__path__) if m.name.startswith("nb")]
@@ -108,3 +112,59 @@ def test_nb02_answers_agree_with_package_and_peft():
         prefix = get_peft_model(_meta_model(cfg), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10))
     assert _trainable(lora) == nb02.q2.solution_answer()[0]
     assert _trainable(prefix) == nb02.q3.solution_answer()[0]
+
+
+# --------------------------------------------------------------------------- every exercise has its hint cell
+# An exercise cell is a code cell that calls an exercise's checker, `ex.q2.check(...)` (the course pattern:
+# `from course_utils.exercises import nbNN as ex`). The cell right after it must be the code cell that offers
+# `ex.q2.hint()` and `ex.q2.solution()` (commented out, so the notebook runs untouched in CI).
+
+EXERCISE_CALL = re.compile(r"^[^#\n]*\b(\w+)\.(q\w+)\.check\(", re.M)
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def exercises_without_hint_cell(cells: list[dict]) -> list[str]:
+    """``"cell 35: ex.q2"`` for every exercise cell not followed by its hint/solution code cell."""
+    missing = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        for module, q in EXERCISE_CALL.findall(_source(cell)):
+            nxt = cells[i + 1] if i + 1 < len(cells) else None
+            text = _source(nxt) if nxt is not None and nxt["cell_type"] == "code" else ""
+            if f"{module}.{q}.hint()" not in text or f"{module}.{q}.solution()" not in text:
+                missing.append(f"cell {i}: {module}.{q}")
+    return missing
+
+
+def test_hint_cell_detector_on_a_small_notebook():
+    ok = [{"cell_type": "code", "source": "x = ____\nex.q1.check(x)"},
+          {"cell_type": "code", "source": ["# ex.q1.hint()\n", "# ex.q1.solution()"]}]
+    assert exercises_without_hint_cell(ok) == []
+    no_cell = ok[:1] + [{"cell_type": "markdown", "source": "**Q2**"}]
+    assert exercises_without_hint_cell(no_cell) == ["cell 0: ex.q1"]
+    wrong_q = ok[:1] + [{"cell_type": "code", "source": "# ex.q2.hint()\n# ex.q2.solution()"}]
+    assert exercises_without_hint_cell(wrong_q) == ["cell 0: ex.q1"]
+    assert exercises_without_hint_cell(ok[:1]) == ["cell 0: ex.q1"]                  # last cell of the notebook
+    commented = [{"cell_type": "code", "source": "# ex.q1.check(x) is how you check"}]
+    assert exercises_without_hint_cell(commented) == []                          # prose in a comment is no exercise
+
+
+# Expected failures, each to be removed by the lead at merge:
+# - 05: its hint/solution cells after Q2–Q4 are being added on another helper's branch (issue 15).
+# - 00: Q2 (cell 32) has no hint/solution cell either; found by this test, not this branch's notebook to edit.
+_PENDING = {"05_pruning.ipynb": "nb05's hint cells come with another helper's branch (issue 15)",
+            "00_setup_and_tour.ipynb": "nb00's Q2 has no hint cell; not this branch's notebook (issue 15)"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=_PENDING[p.name], strict=True))
+                                  if p.name in _PENDING else p for p in course.notebooks()],
+                         ids=lambda p: p.name)
+def test_every_exercise_has_its_hint_and_solution_cell(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    assert any(EXERCISE_CALL.search(_source(c)) for c in cells if c["cell_type"] == "code"), "no exercise found"
+    missing = exercises_without_hint_cell(cells)
+    assert not missing, f"{path.name}: add a `# ex.qN.hint()` / `# ex.qN.solution()` cell after {missing}"

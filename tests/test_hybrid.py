@@ -1,0 +1,92 @@
+"""LoRA + bottleneck adapters trained together (course_utils.hybrid) on a tiny random Llama."""
+
+import pytest
+import torch
+
+from course_utils.adapters import adapter_modules, adapter_param_count, remove_adapters
+from course_utils.hybrid import (
+    attach_adapters,
+    bottleneck_for_budget,
+    lora_model,
+    lora_param_count,
+    shared_base,
+)
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _ids():
+    return torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+
+
+def test_shared_base_shares_every_weight_and_drops_the_adapters():
+    served = lora_model(_tiny(), r=4, lora_alpha=8, targets=TARGETS, layers=[2, 3])
+    with torch.no_grad():                                   # make LoRA visible: B ≠ 0
+        for n, p in served.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    base = shared_base(served)
+    from peft.tuners.lora import LoraLayer
+
+    assert not any(isinstance(m, LoraLayer) for m in base.modules())
+    assert any(isinstance(m, LoraLayer) for m in served.modules()), "the served model keeps its adapters"
+    served_ptrs = {p.data_ptr() for p in served.parameters()}
+    assert all(p.data_ptr() in served_ptrs for p in base.parameters()), "a base weight was copied"
+    x = _ids()
+    with torch.no_grad(), served.disable_adapter():
+        want = served(input_ids=x).logits
+    torch.testing.assert_close(base(input_ids=x).logits, want)
+
+
+def test_hybrid_starts_as_the_base_and_trains_lora_and_adapters_together():
+    base = _tiny()
+    x = _ids()
+    with torch.no_grad():
+        ref = base(input_ids=x).logits
+    frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = lora_model(base, r=2, lora_alpha=8, targets=TARGETS, layers=[2, 3])
+    added = attach_adapters(model, layers=[2, 3], bottleneck=5)
+    assert len(added) == 4 and adapter_modules(model.get_base_model()) == added
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=x).logits, ref)           # lora_B = 0 and up = 0 at the start
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".adapter." in n for n in trainable)
+    assert all(".layers.2." in n or ".layers.3." in n for n in trainable), "only the chosen layers train"
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    moved = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, start[n])}
+    assert any("lora_B" in n for n in moved) and any(".adapter.up." in n for n in moved), "both kinds train"
+    for n, p in model.get_base_model().named_parameters():
+        key = n.replace(".base_layer.", ".")
+        if key in frozen:
+            assert torch.equal(p, frozen[key]), f"base weight {n} changed"
+    remove_adapters(model.get_base_model())
+    assert adapter_modules(model.get_base_model()) == []
+
+
+def test_parameter_budget_arithmetic_matches_the_models():
+    model = lora_model(_tiny(), r=4, lora_alpha=8, targets=TARGETS, layers=[1, 2, 3])
+    shapes = [(m.in_features, m.out_features) for n, m in model.named_modules()
+              if n.endswith(TARGETS) and hasattr(m, "lora_A")]
+    assert lora_param_count(4, shapes) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    b = bottleneck_for_budget(32, 6, 2000)
+    attach_adapters(model, layers=[1, 2, 3], bottleneck=b)
+    adapters = sum(p.numel() for a in adapter_modules(model.get_base_model()) for p in a.parameters())
+    assert adapters == adapter_param_count(32, b, 3) <= 2000 < adapter_param_count(32, b + 1, 3)
+    with pytest.raises(ValueError, match="cannot hold"):
+        bottleneck_for_budget(32, 6, 100)
+    with pytest.raises(ValueError, match="already has an adapter"):
+        attach_adapters(model, layers=[3], bottleneck=2)
