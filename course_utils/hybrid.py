@@ -1,7 +1,7 @@
 """The seed capstone's "lightweight fine-tuning": LoRA and bottleneck adapters trained together (notebook 09).
 
 The seed trains LoRA matrices and Houlsby bottleneck adapters in one optimizer. peft has no bottleneck
-adapter, so the course's own (``course_utils.adapters``, notebook 02) is attached next to peft's LoRA here,
+adapter, so the course's own (``course_utils.peft_methods``, notebook 02) is attached next to peft's LoRA here,
 on the same decoder layers, and both are trained together. Notebook 09 compares it with LoRA alone at the
 same number of steps and trainable parameters, on the chatbot's held-out questions (its eval-gate metric).
 
@@ -17,8 +17,8 @@ import itertools
 
 import torch
 
-from course_utils.adapters import ADAPTER_POINTS, BottleneckAdapter, _apply_adapter, adapter_param_count
-from course_utils.finetune import decoder_layers
+from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, _apply_adapter, adapter_param_count
+from course_utils.fine_tuning import decoder_layers
 
 
 def shared_base(peft_model) -> torch.nn.Module:
@@ -44,7 +44,7 @@ def attach_adapters(model, layers: list[int] | None, bottleneck: int,
                     activation: str = "gelu") -> list[BottleneckAdapter]:
     """A trainable ``BottleneckAdapter`` after the attention and the MLP of the decoder ``layers`` (None: all).
 
-    Uses ``course_utils.adapters``' module and forward hook, so ``adapters.adapter_modules`` and
+    Uses ``course_utils.peft_methods``' module and forward hook, so ``adapters.adapter_modules`` and
     ``remove_adapters`` see them; the base stays as frozen as it was (LoRA's parameters keep their flags).
     """
     blocks = decoder_layers(getattr(model, "get_base_model", lambda: model)())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from course_utils.adapters import adapter_modules, adapter_param_count, remove_adapters
+from course_utils.peft_methods import adapter_modules, adapter_param_count, remove_adapters
 from course_utils.hybrid import (
     attach_adapters,
     bottleneck_for_budget,
