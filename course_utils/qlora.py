@@ -549,14 +549,14 @@ def adamw_state_bytes(numels: list[int], bits: int = 32, blocksize: int = 256, m
 
     32-bit (``torch.optim.AdamW``): 4 + 4 bytes per weight, plus a 4-byte ``step`` tensor per parameter.
     8-bit (``bnb.optim.AdamW8bit``): 1 + 1 bytes per weight plus one fp32 absmax per block of ``blocksize`` for
-    each moment, and the two 256-entry fp32 code tables once; tensors under ``min_8bit_size`` elements keep
+    each moment, and the two 256-entry fp32 code tables once (if any tensor is 8-bit); tensors under ``min_8bit_size`` elements keep
     32-bit moments (no step tensor: bitsandbytes counts steps in Python).
     """
     if bits == 32:
         return sum(8 * n + 4 for n in numels)
     if bits != 8:
         raise ValueError(f"bits={bits}: expected 32 or 8")
-    total = 2 * 256 * 4
+    total = 2 * 256 * 4 if any(n >= min_8bit_size for n in numels) else 0  # code tables, if any tensor is 8-bit
     for n in numels:
         total += 2 * n + 2 * 4 * math.ceil(n / blocksize) if n >= min_8bit_size else 8 * n
     return total

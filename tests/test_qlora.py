@@ -281,8 +281,10 @@ def test_seen_mix_repeats_a_fixed_subset_and_fills_to_the_total():
 def test_adamw_state_bytes_match_torch_and_bitsandbytes():
     import bitsandbytes as bnb
 
-    shapes = [(16, 576), (576, 16), (192, 16), (16, 8)]          # LoRA A/B of SmolLM2; 3072 and 128 < 4096
-    for cls, bits in [(torch.optim.AdamW, 32), (bnb.optim.AdamW8bit, 8)]:
+    for shapes, cls, bits in [
+            ([(16, 576), (576, 16), (192, 16), (16, 8)], torch.optim.AdamW, 32),   # SmolLM2's LoRA A/B; 3072, 128
+            ([(16, 576), (576, 16), (192, 16), (16, 8)], bnb.optim.AdamW8bit, 8),  # < 4096 elements stay 32-bit
+            ([(8, 64), (64, 8)], bnb.optim.AdamW8bit, 8)]:                          # all 32-bit: no code tables
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
         opt = cls(params, lr=1e-3)
         for p in params:
