@@ -17,8 +17,8 @@ import itertools
 
 import torch
 
-from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, _apply_adapter, adapter_param_count
 from course_utils.fine_tuning import decoder_layers
+from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, _apply_adapter, adapter_param_count
 
 
 def shared_base(peft_model) -> torch.nn.Module:

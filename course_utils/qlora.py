@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import re
 import time
@@ -356,6 +357,12 @@ def collated_loss_split(trainer, index: int = 0) -> tuple[str, str]:
     This is what the loss sees, whichever route set the labels (TRL's ``completion_only_loss`` or Unsloth's
     ``train_on_responses_only``, which rewrites the dataset's labels and the collator).
     """
+    ids, labels = collated_labels(trainer, index)
+    return split_by_labels(trainer.processing_class, ids, labels)
+
+
+def collated_labels(trainer, index: int = 0) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of row ``index`` as the trainer's collator batches it, padding dropped (−100 = no loss)."""
     batch = trainer.data_collator([trainer.train_dataset[index]])
     ids = batch["input_ids"][0].tolist()
     if "labels" in batch:
@@ -366,7 +373,24 @@ def collated_loss_split(trainer, index: int = 0) -> tuple[str, str]:
     if "attention_mask" in batch:
         keep = batch["attention_mask"][0].tolist()
         ids, labels = [t for t, k in zip(ids, keep) if k], [t for t, k in zip(labels, keep) if k]
-    return split_by_labels(trainer.processing_class, ids, labels)
+    return ids, labels
+
+
+def token_pieces(tokenizer, input_ids: list[int], labels: list[int]) -> list[dict]:
+    """One row per token: position, id, label and its text (``loss``: label ≠ −100).
+
+    A byte-level tokenizer splits a Hangul syllable over several tokens; those tokens show as ``…`` and the
+    last one carries the decoded syllable(s), so every row reads.
+    """
+    rows, pending = [], []
+    for pos, (tok, lab) in enumerate(zip(input_ids, labels)):
+        pending.append(tok)
+        text = tokenizer.decode(pending)
+        complete = "\ufffd" not in text
+        rows.append({"pos": pos, "id": tok, "label": lab, "loss": lab != -100, "text": text if complete else "…"})
+        if complete:
+            pending = []
+    return rows
 
 
 # The chat markers Unsloth's ``train_on_responses_only`` splits on: everything up to the response marker is
@@ -459,6 +483,82 @@ def step_timer():
             return times[len(times) // 2] if times else float("nan")
 
     return StepTimer()
+
+
+# --------------------------------------------------------------------------- seen vs unseen, optimizer state, LoftQ
+
+def seen_mix(rows: list[dict], n_seen: int, repeats: int, n_total: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(seen rows, training rows): the ``n_seen`` shortest rows repeated ``repeats`` times, topped up to ``n_total``.
+
+    The top-up rows are drawn once each from the other rows; the trainer shuffles the mixture, so with
+    ``n_total`` = steps · batch · accumulation every seen row is trained ``repeats`` times in one run.
+    """
+    import random
+
+    seen = sorted(rows, key=lambda r: (len(r["ko"]), r["en"]))[:n_seen]
+    others = [r for r in rows if r not in seen]
+    rest = max(0, n_total - n_seen * repeats)
+    fill = random.Random(seed).sample(others, min(rest, len(others)))
+    return seen, seen * repeats + fill
+
+
+def state_bytes(optimizer) -> int:
+    """Bytes of every tensor in an optimizer's state, each storage counted once (bnb shares its code tables)."""
+    import torch
+
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for t in state.values():
+            if torch.is_tensor(t) and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def adamw_state_bytes(numels: list[int], bits: int = 32, blocksize: int = 256, min_8bit_size: int = 4096) -> int:
+    """AdamW's state for tensors of ``numels`` elements: two moments per weight (and torch's step counter).
+
+    32-bit (``torch.optim.AdamW``): 4 + 4 bytes per weight, plus a 4-byte ``step`` tensor per parameter.
+    8-bit (``bnb.optim.AdamW8bit``): 1 + 1 bytes per weight plus one fp32 absmax per block of ``blocksize`` for
+    each moment, and the two 256-entry fp32 code tables once (if any tensor is 8-bit); tensors under ``min_8bit_size`` elements keep
+    32-bit moments (no step tensor: bitsandbytes counts steps in Python).
+    """
+    if bits == 32:
+        return sum(8 * n + 4 for n in numels)
+    if bits != 8:
+        raise ValueError(f"bits={bits}: expected 32 or 8")
+    total = 2 * 256 * 4 if any(n >= min_8bit_size for n in numels) else 0  # code tables, if any tensor is 8-bit
+    for n in numels:
+        total += 2 * n + 2 * 4 * math.ceil(n / blocksize) if n >= min_8bit_size else 8 * n
+    return total
+
+
+def nf4_roundtrip(weight, blocksize: int = 64):
+    """``weight`` quantized to NF4 by bitsandbytes (blocks of ``blocksize``, no double quant) and dequantized back."""
+    import bitsandbytes.functional as bnb_f
+
+    w = weight.detach().float().contiguous()
+    codes, state = bnb_f.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
+    return bnb_f.dequantize_4bit(codes, state).to(w.device)                       # (d_out, d_in)
+
+
+def loftq_init(weight, r: int, num_iter: int = 1, quantize=nf4_roundtrip):
+    """LoftQ's start: (Q, lora_A, lora_B) with Q an NF4 weight and Q + lora_B @ lora_A ≈ ``weight`` (scaling 1).
+
+    Alternate: quantize what the adapter does not cover (Q = quantize(W − B·A)), then fit B·A to the residual
+    W − Q by its top-r SVD, √S split between B (d_out × r) and A (r × d_in), as peft's ``loftq_init`` does.
+    """
+    import torch
+
+    w = weight.detach().float()                                                   # (d_out, d_in)
+    target = w
+    for _ in range(num_iter):
+        q = quantize(target)
+        u, s, vh = torch.linalg.svd(w - q, full_matrices=False)
+        lora_B = u[:, :r] * s[:r].sqrt()                                          # (d_out, r)
+        lora_A = s[:r].sqrt()[:, None] * vh[:r]                                   # (r, d_in)
+        target = w - lora_B @ lora_A
+    return q, lora_A, lora_B
 
 
 # --------------------------------------------------------------------------- merged 16-bit export

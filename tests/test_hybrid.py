@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from course_utils.peft_methods import adapter_modules, adapter_param_count, remove_adapters
 from course_utils.hybrid import (
     attach_adapters,
     bottleneck_for_budget,
@@ -11,6 +10,7 @@ from course_utils.hybrid import (
     lora_param_count,
     shared_base,
 )
+from course_utils.peft_methods import adapter_modules, adapter_param_count, remove_adapters
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

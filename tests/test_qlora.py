@@ -251,6 +251,94 @@ def test_notebook_inline_footprint_agrees_with_package():
         assert ns["footprint_bytes"](*args) == qlora.footprint_bytes(*args)
 
 
+# --------------------------------------------------------------------------- seen vs unseen, optimizer state, LoftQ
+
+def test_token_pieces_mark_the_loss_and_keep_split_syllables_readable(embedded):
+    _, tok = embedded
+    ids = tok("Hi 달", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2, "the byte-level tokenizer should split the Hangul syllable"
+    labels = [-100] + ids[1:]
+    rows = qlora.token_pieces(tok, ids, labels)
+    assert [r["id"] for r in rows] == ids and [r["loss"] for r in rows] == [False] + [True] * (len(ids) - 1)
+    assert "".join(r["text"] for r in rows if r["text"] != "…") == "Hi 달"
+    assert rows[-1]["text"].strip() == "달" and rows[-2]["text"] == "…"
+
+
+def test_seen_mix_repeats_a_fixed_subset_and_fills_to_the_total():
+    rows = [{"en": f"e{i}", "ko": "가" * (i + 1)} for i in range(20)]
+    seen, mix = qlora.seen_mix(rows, n_seen=3, repeats=4, n_total=16)
+    assert seen == rows[:3] and len(mix) == 16
+    assert all(mix.count(r) == 4 for r in seen)
+    rest = [r for r in mix if r not in seen]
+    assert len(rest) == 4 and len({r["en"] for r in rest}) == 4
+    assert qlora.seen_mix(rows, 3, 4, 16) == (seen, mix), "the mixture must be reproducible"
+
+
+def test_adamw_state_bytes_match_torch_and_bitsandbytes():
+    import bitsandbytes as bnb
+
+    for shapes, cls, bits in [
+            ([(16, 576), (576, 16), (192, 16), (16, 8)], torch.optim.AdamW, 32),   # SmolLM2's LoRA A/B; 3072, 128
+            ([(16, 576), (576, 16), (192, 16), (16, 8)], bnb.optim.AdamW8bit, 8),  # < 4096 elements stay 32-bit
+            ([(8, 64), (64, 8)], bnb.optim.AdamW8bit, 8)]:                          # all 32-bit: no code tables
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        opt = cls(params, lr=1e-3)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        assert qlora.state_bytes(opt) == qlora.adamw_state_bytes([p.numel() for p in params], bits), cls
+    with pytest.raises(ValueError):
+        qlora.adamw_state_bytes([10], bits=4)
+
+
+def test_paged_adamw_falls_back_on_cpu_with_a_warning():
+    import bitsandbytes as bnb
+
+    p = torch.nn.Parameter(torch.randn(64, 128))
+    opt = bnb.optim.PagedAdamW8bit([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    with pytest.warns(UserWarning, match="Paged optimizers are not supported on CPU"):
+        opt.step()
+    assert not getattr(opt.state[p]["state1"], "is_paged", False)
+    assert qlora.state_bytes(opt) == qlora.adamw_state_bytes([p.numel()], 8)
+
+
+def _peft_loftq_on_cpu():
+    """peft's own ``loftq_init`` with its one device line set to the CPU (peft 0.21 hard-codes CUDA/XPU)."""
+    import inspect
+
+    from peft.utils import loftq_utils
+
+    src = inspect.getsource(loftq_utils.loftq_init)
+    line = '"xpu" if is_xpu_available() else "cuda"'
+    assert src.count(line) == 1, "peft's loftq_init changed: update this test"
+    ns = dict(vars(loftq_utils))
+    exec(src.replace(line, '"cpu"'), ns)
+    return ns["loftq_init"]
+
+
+@pytest.mark.parametrize("num_iter", [1, 3])
+def test_loftq_init_matches_peft_and_reduces_the_error(num_iter):
+    torch.manual_seed(0)
+    w = torch.randn(128, 256) * 0.02                                          # (d_out, d_in)
+    q_ref, a_ref, b_ref = _peft_loftq_on_cpu()(w, num_bits=4, reduced_rank=8, num_iter=num_iter)
+    q, lora_A, lora_B = qlora.loftq_init(w, r=8, num_iter=num_iter)
+    assert lora_A.shape == (8, 256) and lora_B.shape == (128, 8)
+    torch.testing.assert_close(q, q_ref)
+    torch.testing.assert_close(lora_B @ lora_A, b_ref @ a_ref)
+    plain = (w - qlora.nf4_roundtrip(w)).norm()                              # QLoRA's start: B = 0
+    assert (w - q - lora_B @ lora_A).norm() < 0.95 * plain
+
+
+def test_notebook_inline_loftq_agrees_with_package():
+    ns = run_inline(NOTEBOOK.name, "course_utils.qlora loftq")
+    torch.manual_seed(1)
+    w = torch.randn(64, 128)
+    for num_iter in (1, 2):
+        for mine, ref in zip(ns["loftq_init"](w, 4, num_iter), qlora.loftq_init(w, 4, num_iter)):
+            torch.testing.assert_close(mine, ref)
+
+
 # --------------------------------------------------------------------------- benchmark (CPU: tiny config)
 
 def test_bench_runs_tiny_on_cpu(capsys):
