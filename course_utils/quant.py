@@ -248,7 +248,7 @@ def code_usage(x: torch.Tensor, name: str = "nf4", blocksize: int = 64) -> torch
 
     INT4's duplicate 0 (its 16th entry) is merged into its 0, so INT4 has 15 shares and NF4 16. Sums to 1.
     """
-    code = codebook(name)
+    code = codebook(name).to(x.device)
     codes, _ = blockwise_quantize(x, code, blocksize)
     values = code[codes.long()]                                              # (n,) the level each value took
     levels = code.unique()                                                   # ascending, duplicates merged
