@@ -228,6 +228,51 @@ def mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float(((x - x_hat) ** 2).mean())
 
 
+def minmax_fake_quant(x: torch.Tensor, bits: int = 4, group_size: int = 32) -> torch.Tensor:
+    """Asymmetric with a float offset, GGUF Q4_1's rule: lo + s·round((x − lo)/s), s = (hi − lo)/(2^b − 1) per group.
+
+    Unlike ``fake_quant(..., symmetric=False)`` the grid starts at the group's minimum (0.0 is not kept exact).
+    Shape: like x (its size a multiple of ``group_size``).
+    """
+    xg = group_view(x.float(), "group", group_size)                         # (G, group_size)
+    lo, hi = xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True)            # (G, 1)
+    scale = ((hi - lo) / (2**bits - 1)).clamp_min(1e-12)
+    q = torch.round((xg - lo) / scale).clamp(0, 2**bits - 1)
+    return (lo + q * scale).reshape(x.shape).to(x.dtype)
+
+
+def block_distinct(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """Number of distinct values in each block of ``block`` consecutive values. (n,) → (n / block,)."""
+    s = x.detach().reshape(-1, block).sort(-1).values                       # (G, block)
+    return 1 + (s[:, 1:] != s[:, :-1]).sum(-1)
+
+
+def code_usage(x: torch.Tensor, name: str = "nf4", blocksize: int = 64) -> torch.Tensor:
+    """Share of the values of ``x`` that each level of a 4-bit codebook takes (blockwise absmax), ascending levels.
+
+    INT4's duplicate 0 (its 16th entry) is merged into its 0, so INT4 has 15 shares and NF4 16. Sums to 1.
+    """
+    code = codebook(name).to(x.device)
+    codes, _ = blockwise_quantize(x, code, blocksize)
+    values = code[codes.long()]                                              # (n,) the level each value took
+    levels = code.unique()                                                   # ascending, duplicates merged
+    counts = torch.bincount(torch.searchsorted(levels, values), minlength=len(levels))   # values are levels
+    return counts.float() / values.numel()
+
+
+def entropy_bits(shares: torch.Tensor) -> float:
+    """Entropy in bits of a distribution (the shares of code_usage): 4.0 when 16 codes are used equally."""
+    p = shares[shares > 0].double()
+    return float(-(p * p.log2()).sum())
+
+
+def static_fake_quant(x: torch.Tensor, absmax: float, bits: int = 8) -> torch.Tensor:
+    """Symmetric per-tensor quantization with a fixed (static, calibrated) range ±absmax; beyond it values clip."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = max(float(absmax), 1e-12) / qmax
+    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+
+
 def quantize_codes(x: torch.Tensor, bits: int, symmetric: bool = True, granularity: str = "group",
                    group_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unsigned integer codes (n,) uint8 plus per-row scale and zero (G,) for storage (min/max clipping)."""

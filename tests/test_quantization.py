@@ -365,3 +365,84 @@ def test_exercise_answers_agree_with_package():
     assert nb04.q3.solution_answer()[0] == pytest.approx(Q.bits_per_param(32, double_quant=True))
     w, answer = nb04.q2.solution_answer()
     torch.testing.assert_close(answer, Q.group_view(w, "group", 64).abs().amax(1))
+
+
+# --------------------------------------------------------------------------- the GGUF grid, code usage, calibration
+
+def test_minmax_fake_quant_reproduces_gguf_q4_1():
+    """gguf's own Q4_1 (blocks of 32, fp16 scale and minimum): re-quantizing its output with the same rule is lossless."""
+    import gguf
+    import numpy as np
+
+    w = _weights((64, 128))
+    raw = gguf.quants.quantize(w.numpy().astype(np.float32), gguf.GGMLQuantizationType.Q4_1)
+    on_grid = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1)).float().reshape(w.shape)
+    assert int(Q.block_distinct(on_grid).max()) <= 16 and Q.block_distinct(w).float().mean() > 24
+    torch.testing.assert_close(Q.minmax_fake_quant(on_grid, 4, 32), on_grid, rtol=0, atol=1e-6)
+    assert Q.rel_error(on_grid, Q.minmax_fake_quant(on_grid, 4, 64)) > 0.02       # misaligned blocks: a real error
+    assert Q.rel_error(w, Q.minmax_fake_quant(w, 4, 32)) > 0.02                   # off the grid: a real error
+    # close to gguf's own rounding of the same weights (it rounds d and m to fp16)
+    assert Q.rel_error(on_grid, Q.minmax_fake_quant(w, 4, 32)) < 0.01
+
+
+def test_minmax_fake_quant_error_at_most_half_a_step():
+    w = _weights((16, 64))
+    xg = w.reshape(-1, 32)
+    step = (xg.amax(1, keepdim=True) - xg.amin(1, keepdim=True)) / 15
+    assert ((Q.minmax_fake_quant(w, 4, 32).reshape(-1, 32) - xg).abs() <= step / 2 + 1e-7).all()
+
+
+def test_block_distinct_counts_by_hand():
+    x = torch.tensor([1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0])
+    assert Q.block_distinct(x, 4).tolist() == [3, 1]
+    w = _weights((8, 64))
+    assert Q.block_distinct(w, 32).tolist() == [len(b.unique()) for b in w.reshape(-1, 32)]
+
+
+@pytest.mark.parametrize("name", ["nf4", "int4"])
+def test_code_usage_counts_the_codes(name):
+    w = _weights((64, 128))
+    shares = Q.code_usage(w, name, 64)
+    codes, _ = Q.blockwise_quantize(w, Q.codebook(name), 64)
+    values = Q.codebook(name)[codes.long()]
+    by_hand = torch.tensor([(values == v).float().mean().item() for v in Q.codebook(name).unique()])
+    torch.testing.assert_close(shares, by_hand)
+    assert len(shares) == (16 if name == "nf4" else 15) and abs(shares.sum().item() - 1) < 1e-6
+
+
+def test_entropy_bits_and_nf4_uses_codes_more_evenly():
+    assert Q.entropy_bits(torch.full((16,), 1 / 16)) == pytest.approx(4.0)
+    assert Q.entropy_bits(torch.tensor([1.0, 0.0])) == pytest.approx(0.0)
+    g = torch.randn(256, 256, generator=torch.Generator().manual_seed(1))
+    nf4, int4 = (Q.entropy_bits(Q.code_usage(g, n)) for n in ("nf4", "int4"))
+    assert nf4 > int4 + 0.2 and nf4 < 4.0
+
+
+def test_static_fake_quant_equals_per_tensor_and_clips():
+    x = _weights((32, 64))
+    torch.testing.assert_close(Q.static_fake_quant(x, x.abs().max().item()), Q.fake_quant(x, 8, True, "tensor"))
+    small = Q.static_fake_quant(x, 0.01)
+    assert small.abs().max() <= 0.01 + 1e-7                                        # beyond the range: clipped
+    assert Q.rel_error(x, small) > Q.rel_error(x, Q.static_fake_quant(x, x.abs().max().item()))
+
+
+def test_nf4_keeps_pruned_zeros():
+    w = _weights((64, 128))
+    w = w * (torch.rand(w.shape, generator=torch.Generator().manual_seed(2)) > 0.5)
+    w_hat, _ = Q.quantize_weight(w, "nf4")
+    assert bool((w_hat[w == 0] == 0).all()), "NF4's exact 0 should keep every pruned zero"
+
+
+def test_every_exercise_has_a_hint_cell():
+    """Each `ex.qN.check(...)` cell of notebooks 04 and 05 is followed by its `ex.qN.hint()` / `.solution()` cell."""
+    import json
+    import re
+
+    for nb_path in (NOTEBOOK, NOTEBOOK.parent / "05_pruning.ipynb"):
+        cells = json.loads(nb_path.read_text())["cells"]
+        text = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells]
+        for i, s in enumerate(text):
+            for q in re.findall(r"ex\.(q\d+)\.check\(", s):
+                after = text[i + 1] if i + 1 < len(text) else ""
+                assert f"ex.{q}.hint()" in after and f"ex.{q}.solution()" in after, \
+                    f"{nb_path.name} cell {i}: exercise {q} has no hint/solution cell after it"
