@@ -153,14 +153,7 @@ def test_hint_cell_detector_on_a_small_notebook():
     assert exercises_without_hint_cell(commented) == []                          # prose in a comment is no exercise
 
 
-# Expected failures, each to be removed by the lead at merge:
-# - 05: its hint/solution cells after Q2–Q4 are being added on another helper's branch (issue 15).
-_PENDING = {"05_pruning.ipynb": "nb05's hint cells come with another helper's branch (issue 15)"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=_PENDING[p.name], strict=True))
-                                  if p.name in _PENDING else p for p in course.notebooks()],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", course.notebooks(), ids=lambda p: p.name)
 def test_every_exercise_has_its_hint_and_solution_cell(path):
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     assert any(EXERCISE_CALL.search(_source(c)) for c in cells if c["cell_type"] == "code"), "no exercise found"
