@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils.chatbot import bot as cb
 from course_utils.chatbot.backend import LoraBackend, fit_prompt
 from course_utils.chatbot.bot import Chatbot, ChatbotConfig, should_accept

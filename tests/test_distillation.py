@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import distillation as D
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_distillation.ipynb"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import fine_tuning as F
 from course_utils import memory as M
 from course_utils import models

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import instruction_tuning as I
 from course_utils.data import load_rows
 from course_utils.train import IGNORE_INDEX

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from notebook_cells import run_inline
 from torch import nn
 
-from conftest import run_inline
 from course_utils import lora_math as lora
 from course_utils.course import NOTEBOOK_DIR
 from course_utils.lora_math import (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import models
 from course_utils import peft_methods as A
 from course_utils.models import count_parameters

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import pruning as P
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_pruning.ipynb"

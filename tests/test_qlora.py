@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import qlora
 from course_utils.bench import qlora as bench_qlora
 from course_utils.exercises import nb07

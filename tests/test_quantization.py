@@ -6,8 +6,8 @@ from pathlib import Path
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
+from notebook_cells import run_inline
 
-from conftest import run_inline
 from course_utils import quantization as Q
 from course_utils.bench import quant as bench_quant
 
