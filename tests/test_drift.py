@@ -189,7 +189,8 @@ def test_fixture_notebook_is_stripped():
 def _make_n(*args):
     import subprocess
 
-    return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # --no-print-directory: under `make test` this runs in a sub-make, which would add "make[1]: Entering …"
+    return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
 def test_make_targets_run_the_driver_and_stay_out_of_make_test():
