@@ -126,7 +126,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return
         w, delta = self.base_layer.weight, self.get_delta_weight()  # (d_out, d_in) both
-        w.copy_(w.to(delta.dtype) + delta)  # copy_ casts back when the base is bf16/fp16
+        w.copy_(self._merged_weight(w.to(delta.dtype), delta))  # copy_ casts back when the base is bf16/fp16
         self.merged = True
 
     @torch.no_grad()
@@ -135,8 +135,16 @@ class LoRALinear(nn.Module):
         if not self.merged:
             return
         w, delta = self.base_layer.weight, self.get_delta_weight()
-        w.copy_(w.to(delta.dtype) - delta)
+        w.copy_(self._unmerged_weight(w.to(delta.dtype), delta))
         self.merged = False
+
+    def _merged_weight(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The weight that ``merge`` stores: W₀ + ΔW (DoRA overrides it)."""
+        return w + delta
+
+    def _unmerged_weight(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The weight that ``unmerge`` restores from the merged one: W − ΔW (DoRA overrides it)."""
+        return w - delta
 
     def extra_repr(self) -> str:
         return (f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:.4g}, "
@@ -194,25 +202,16 @@ class DoRALinear(LoRALinear):
         lora = self.lora_B(self.lora_A(x)) * self.scaling                           # ΔWx: (..., d_out)
         return (result + (scale - 1) * base + scale * lora).to(result.dtype)
 
-    @torch.no_grad()
-    def merge(self) -> None:
+    def _merged_weight(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """W₀ ← m · (W₀ + ΔW) / ‖W₀ + ΔW‖_c (the norm is kept to unmerge)."""
-        if self.merged:
-            return
-        w, delta = self.base_layer.weight, self.get_delta_weight()
-        self._merged_norm = weight_norm(w.to(delta.dtype), delta)
-        w.copy_(dora_weight(w.to(delta.dtype), delta, self.lora_magnitude_vector))
-        self.merged = True
+        self._merged_norm = weight_norm(w, delta)
+        return dora_weight(w, delta, self.lora_magnitude_vector)
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """W' ← W' · ‖W₀ + ΔW‖_c / m − ΔW: back to W₀ up to float rounding."""
-        if not self.merged:
-            return
-        w, delta = self.base_layer.weight, self.get_delta_weight()
+    def _unmerged_weight(self, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """W' · ‖W₀ + ΔW‖_c / m − ΔW: back to W₀ up to float rounding."""
         factor = (self.lora_magnitude_vector / self._merged_norm).unsqueeze(1)    # (d_out, 1)
-        w.copy_(w.to(delta.dtype) / factor - delta)
-        self.merged, self._merged_norm = False, None
+        self._merged_norm = None
+        return w / factor - delta
 
 
 def dora_param_count(d_in: int, d_out: int, r: int) -> int:
