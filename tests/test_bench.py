@@ -10,14 +10,18 @@ from course_utils.bench.efficiency import (
     GOALS,
     SEVEN,
     Shape,
+    attention_flops_per_token,
     bandwidth_bound_tokens_per_s,
     bandwidth_ratio,
     flops_per_token,
     format_table,
+    gemm_ceiling,
+    gemm_flops,
     goal_met,
     lora_params,
     matmul_params,
     mfu,
+    step_gemms,
 )
 
 B, T = 2, 12
@@ -109,4 +113,38 @@ def test_table_marks_missed_goals_and_the_subcommand_is_registered():
                 "sft_config_default_gradient_checkpointing": False}
     text = format_table(rows, overhead, 2.5e11, 1e10)
     assert " NO " in text and " yes " in text and "1.50×" in text and "gradient checkpointing off" in text
+    assert "ceilings" not in text
+    rows[0].update(ceiling=0.5, of_ceiling=0.84)
+    text = format_table(rows, overhead, 2.5e11, 1e10)
+    assert "LoRA: ceiling 50% of the peak, the step reaches 84% of its ceiling" in text
     assert bench.BENCHES["efficiency"] == ("efficiency", "run")
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_step_gemms_add_up_to_the_matmul_part_of_the_flops_formula(mode):
+    """The ceiling's list of matmuls does exactly the step's model FLOPs, attention aside (an independent sum)."""
+    smol = Shape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64, vocab=49152)
+    tokens = 4 * 128
+    gemms = step_gemms(smol, tokens, mode, lora_r=16)
+    attention = 3 * attention_flops_per_token(smol, 128)
+    assert gemm_flops(gemms) == (flops_per_token(smol, 128, mode, lora_r=16) - attention) * tokens
+    assert all(c > 0 for c in gemms.values())
+    with pytest.raises(ValueError, match="mode"):
+        step_gemms(smol, tokens, "forward")
+
+
+def test_gemm_ceiling_is_the_list_flops_over_the_summed_best_times(monkeypatch):
+    from course_utils.bench import efficiency
+
+    times = {}
+
+    def fake_best(fn, repeats):
+        out = fn()                                   # the matmul really runs on the list's shapes
+        times[tuple(out.shape)] = 0.01 * out.shape[1]
+        return times[tuple(out.shape)]
+
+    monkeypatch.setattr(efficiency, "_best", fake_best)
+    gemms = {(8, 4, 16): 3, (8, 16, 4): 2}
+    expected = gemm_flops(gemms) / (3 * 0.16 + 2 * 0.04)
+    assert gemm_ceiling(gemms) == pytest.approx(expected)
+    assert set(times) == {(8, 16), (8, 4)}

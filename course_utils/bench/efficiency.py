@@ -114,6 +114,47 @@ def flops_per_token(shape: Shape, seq_len: int, mode: str, lora_r: int = LORA_R,
     raise ValueError(f"mode={mode!r}: expected 'forward', 'full', 'lora' or 'qlora'")
 
 
+def step_gemms(shape: Shape, tokens: int, mode: str, lora_r: int = LORA_R, targets=SEVEN) -> dict[tuple, int]:
+    """The matmuls of one training step as {(m, k, n): how many}, attention excluded; FLOPs = Σ 2·m·k·n·count.
+
+    Every Linear (d_in → d_out) and the LM head: forward (tokens, d_in, d_out) and input gradient
+    (tokens, d_out, d_in); "full" adds the weight gradient (d_out, tokens, d_in). LoRA adds, per adapted Linear,
+    lora_A and lora_B forward, input and weight gradients (six small matmuls of inner or outer size r).
+
+    >>> smol = Shape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64, vocab=49152)
+    >>> g = step_gemms(smol, tokens=512, mode="lora", lora_r=16)
+    >>> g[(512, 576, 16)]   # 30 blocks × (lora_A forward of 6 projections with d_in 576 + lora_B input grad of 3)
+    270
+    """
+    if mode not in ("full", "lora", "qlora"):
+        raise ValueError(f"mode={mode!r}: expected 'full', 'lora' or 'qlora'")
+    gemms: dict[tuple, int] = {}
+
+    def add(m, k, n, count):
+        gemms[(m, k, n)] = gemms.get((m, k, n), 0) + count
+
+    linears = [(d_in, d_out, shape.layers, name in targets) for name, (d_in, d_out) in shape.linear_shapes().items()]
+    for d_in, d_out, count, adapted in linears + [(shape.hidden, shape.vocab, 1, False)]:
+        add(tokens, d_in, d_out, count)              # forward
+        add(tokens, d_out, d_in, count)              # input gradient
+        if mode == "full":
+            add(d_out, tokens, d_in, count)          # weight gradient
+        elif adapted:
+            r = lora_r
+            add(tokens, d_in, r, count)              # lora_A forward
+            add(tokens, r, d_out, count)             # lora_B forward
+            add(tokens, d_out, r, count)             # lora_B input gradient
+            add(d_out, tokens, r, count)             # lora_B weight gradient
+            add(tokens, r, d_in, count)              # lora_A input gradient
+            add(r, tokens, d_in, count)              # lora_A weight gradient
+    return gemms
+
+
+def gemm_flops(gemms: dict[tuple, int]) -> int:
+    """Σ 2·m·k·n·count over ``step_gemms``' list."""
+    return sum(2 * m * k * n * c for (m, k, n), c in gemms.items())
+
+
 def mfu(flops_per_tok: float, tokens_per_s: float, peak_flops: float) -> float:
     """Model-FLOPs utilisation: achieved model FLOP/s over the peak FLOP/s (0–1)."""
     return flops_per_tok * tokens_per_s / peak_flops
@@ -153,6 +194,22 @@ def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS, de
     if device == "cuda":
         return 2 * n ** 3 / _best(lambda: (torch.mm(a, b), torch.cuda.synchronize()), repeats)
     return 2 * n ** 3 / _best(lambda: torch.mm(a, b), repeats)
+
+
+def gemm_ceiling(gemms: dict[tuple, int], repeats: int = PROBE_REPEATS) -> float:
+    """FLOP/s of the step's own matmuls timed alone (fp32, best of ``repeats`` each): what MFU could reach here.
+
+    The model's matmuls are far smaller than the 2048² probe (576-wide layers, 512 rows, rank-16 adapters), and a
+    CPU reaches its peak only on large ones; this is the ceiling for a step with no other work at all.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    seconds = 0.0
+    for (m, k, n), count in gemms.items():
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        seconds += count * _best(lambda a=a, b=b: torch.mm(a, b), repeats)
+    return gemm_flops(gemms) / seconds
 
 
 def copy_bandwidth(mib: int = COPY_MIB, repeats: int = PROBE_REPEATS) -> float:
@@ -352,14 +409,23 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
         f"after 1 warm-up (best)")
     rows, profiles = [], {}
 
+    # the ceiling of each step: its own matmul shapes timed alone (fp32), as a share of the 2048² peak
+    ceilings = {m: gemm_ceiling(step_gemms(shape, tokens, m)) for m in ("lora", "full")}
+    say("ceilings: the steps' own matmuls timed alone (512 rows; 576/1536-wide layers, the 49152-wide head, "
+        "rank-16 adapters): " + " · ".join(f"{m} {c / 1e9:.0f} GFLOP/s = {c / fp32:.0%} of the peak"
+                                            for m, c in ceilings.items()))
+
     def train_row(kind, label, step, peak=fp32, mode=None):
         s = _best(step, repeats)
         fpt = flops_per_token(shape, SEQ_LEN, mode or kind)
         ratio = mfu(fpt, tokens / s, peak)
         goal = GOALS.get(kind)
+        ceiling = None if peak != fp32 else ceilings["full" if kind == "full" else "lora"]
         rows.append({"kind": kind, "label": label, "s": s, "tokens_per_s": tokens / s, "gflop_per_token": fpt / 1e9,
                      "achieved_gflops": fpt * tokens / s / 1e9, "ratio": ratio, "goal": goal,
-                     "met": None if goal is None else ratio >= goal})
+                     "met": None if goal is None else ratio >= goal,
+                     "ceiling": None if ceiling is None else ceiling / fp32,
+                     "of_ceiling": None if ceiling is None else fpt * tokens / s / ceiling})
         if goal is not None and ratio < goal:
             profiles[kind] = profile_table(step)
 
@@ -425,7 +491,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
                   f"profiled call; matmul/attention kernels take {mm_share:.0%} of the self CPU time):")
             print(table)
         print(f"\nwhole benchmark: {wall:.0f} s")
-    return {"machine": machine, "fp32_gflops": fp32 / 1e9, "bf16_gflops": bf16 / 1e9, "copy_gbps": bw / 1e9,
+    return {"machine": machine, "fp32_gflops": fp32 / 1e9, "ceiling_gflops": {k: v / 1e9 for k, v in ceilings.items()}, "bf16_gflops": bf16 / 1e9, "copy_gbps": bw / 1e9,
             "rows": rows, "trainer_overhead": overhead, "repeats": repeats,
             "profiled": {k: round(v[1], 3) for k, v in profiles.items()}, "wall_s": wall}
 
@@ -433,6 +499,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
 def format_table(rows: list[dict], overhead: dict, fp32: float, bw: float) -> str:
     lines = [f"\n{'workload':<36} {'s/step':>7} {'tokens/s':>9} {'GFLOP/tok':>9} {'GFLOP/s':>8} "
              f"{'ratio':>6} {'goal':>5}  met", "-" * 92]
+    ceilings = []
     for r in rows:
         if r["kind"] == "generation":
             detail = f"{'':>9} {'bound':>3} {r['bound_tokens_per_s']:4.0f}"
@@ -443,7 +510,13 @@ def format_table(rows: list[dict], overhead: dict, fp32: float, bw: float) -> st
         goal, met = ("–", "– ") if r["goal"] is None else (f"{r['goal']:.0%}", "yes" if r["met"] else "NO ")
         lines.append(f"{r['label']:<36} {r['s']:7.3f} {r['tokens_per_s']:9.1f} {detail} {r['ratio']:6.0%} "
                      f"{goal:>5}  {met} ({what})")
+        if r.get("ceiling") is not None:
+            ceilings.append(f"{r['label']}: ceiling {r['ceiling']:.0%} of the peak, the step reaches "
+                            f"{r['of_ceiling']:.0%} of its ceiling")
     lines.append(f"(peaks: fp32 matmul {fp32 / 1e9:.0f} GFLOP/s; copy bandwidth {bw / 1e9:.1f} GB/s)")
+    if ceilings:
+        lines.append("ceilings (the step's own matmuls timed alone; no step can beat them here):\n  "
+                     + "\n  ".join(ceilings))
     o = overhead
     lines.append(f"\ntrainer overhead (LoRA r={LORA_R}, batch {BATCH} × {SEQ_LEN}, best step): plain PyTorch "
                  f"{o['plain_s']:.2f} s · TRL SFTTrainer via sft_config, gradient checkpointing ON "
