@@ -5,9 +5,13 @@ Three parts, each testable on its own: ``probe()`` reads the hardware into ``Fac
 (the course's one decision), each notebook's memory from ``course_utils.memory.memory_breakdown`` (the course's
 own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words.
 
-    >>> print_preflight()                     # notebook 00: the whole table
-    >>> print(preflight_line("07"))           # a setup cell: one line for this notebook
-    cpu profile · 2 cores, 22.3 GiB free RAM · fp32 · notebook 07 needs ≈ 1.3 GiB: fits
+    >>> laptop = Facts("Example CPU", cores=2, ram_total=32 * GiB, ram_free=20 * GiB)   # probe() reads the real one
+    >>> print(preflight_line("07", facts=laptop, profile="cpu"))     # a setup cell: one line for this notebook
+    cpu profile · 2 cores, 20.0 GiB free RAM · fp32 · notebook 07 needs ≈ 3.4 GiB: fits
+
+Example::
+
+    print_preflight()               # notebook 00: this machine, the profile, and every notebook's memory
 
 A notebook's need is the peak of its heaviest step (the weights of every model it holds at that moment, plus
 the training memory of the one it trains), plus the Python process on a CPU. It is an estimate from the
@@ -467,8 +471,9 @@ def preflight_line(notebook: str | None = None, facts: Facts | None = None, prof
 
     Without a notebook the line names the notebooks that would not fit, if any.
 
-    >>> preflight_line("00")
-    'cpu profile · 2 cores, 22.3 GiB free RAM · fp32 · notebook 00 needs ≈ 1.0 GiB: fits'
+    >>> small = Facts("Example CPU", cores=2, ram_total=8 * GiB, ram_free=2 * GiB)
+    >>> preflight_line(facts=small, profile="cpu")
+    'cpu profile · 2 cores, 2.0 GiB free RAM · fp32 · ⚠️ would run out of memory: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 10 (print_preflight() says why)'
     """
     r = preflight(facts, profile)
     f = r.facts

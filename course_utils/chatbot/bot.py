@@ -67,8 +67,6 @@ class ChatbotConfig:
     r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = LORA_TARGETS
-    # one measurement (embedded SmolLM2, 4 × 128 tokens, all seven projections, one thread on a busy 2-core
-    # machine): 5.1 CPU-seconds per step with LoRA on the last 8 of 30 layers vs 8.0 with all 30
     top_layers: int | None = None
     max_new_tokens: int = 48
     system: str = SYSTEM_PROMPT
@@ -76,9 +74,10 @@ class ChatbotConfig:
 
     @classmethod
     def from_settings(cls, s=None, **overrides) -> ChatbotConfig:
-        """Sizes from the profile's ``Settings``: Korean needs about 2× the tokens of English text; a round
-        runs the profile's steps but at most two passes over its examples; on a CPU, LoRA only in the last
-        8 layers.
+        """Sizes from the profile's ``Settings``, scaled for the chatbot's rounds.
+
+        Korean needs about 2× the tokens of English text; a round runs the profile's steps but at most two
+        passes over its examples; on a CPU, LoRA only in the last 8 layers (a shorter backward pass).
 
         >>> from course_utils.runtime import settings
         >>> ChatbotConfig.from_settings(settings("cpu")).seq_len

@@ -15,8 +15,9 @@ Durability: WAL journal + ``synchronous=NORMAL`` by default. A commit writes its
 SIGKILL right after ``add()`` returned loses nothing (``tests/test_chatbot_reliability.py`` kills writers to
 prove it). What NORMAL does not promise is the last few commits after a *power cut or OS crash*: the WAL is
 fsync'ed at checkpoints, not at every commit. ``synchronous="FULL"`` fsyncs every commit and closes that gap
-too, at about 100 single-row commits per second on this course's disk (measured by ``bench_feedback_writes``)
-— use it with ``add_many`` (one fsync per batch) when a power cut must not lose acknowledged feedback.
+too, at the price of one fsync per commit (``course_utils.bench.chatbot.bench_feedback_writes`` measures the
+rate on your disk) — use it with ``add_many`` (one fsync per batch) when a power cut must not lose
+acknowledged feedback.
 """
 
 from __future__ import annotations
