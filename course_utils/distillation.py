@@ -1,11 +1,11 @@
-"""Knowledge distillation (지식 증류) from scratch: the logit loss, a layer-subset student, a top-k teacher cache.
+"""Knowledge distillation (지식 증류) from scratch: logit loss, layer-subset student, top-k teacher cache.
 
 Also ``top1_agreement``. Sequence-level distillation needs only generation and training:
 ``models.generate_replies`` and ``train.train``. Shapes: N tokens, V vocabulary, k cached logits per token.
 Targets equal to ``IGNORE_INDEX`` are skipped.
 
     >>> teacher_logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, -0.5]])   # (N, V) = (2, 3)
-    >>> targets = torch.tensor([0, IGNORE_INDEX])                             # (N,): the second token is skipped
+    >>> targets = torch.tensor([0, IGNORE_INDEX])                             # (N,): token 2 is skipped
     >>> kd_loss(teacher_logits, teacher_logits, targets, T=2.0, alpha=1.0)    # a student equal to its teacher
     tensor(0.)
     >>> values, indices = topk_logits(teacher_logits, k=2)    # the cache: k values + k ids per token, (N, k)
@@ -135,8 +135,10 @@ def top1_agreement(student_logits: torch.Tensor, teacher_logits_or_ids: torch.Te
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, batches: list[dict], k: int = 32) -> list[dict[str, torch.Tensor]]:
-    """What evaluation needs from the teacher, computed once per batch (shifted to next-token positions):
-    its argmax ``ids`` (B, T−1) and its top-k logits ``values``/``indices`` (B, T−1, k), on CPU.
+    """What evaluation needs from the teacher, computed once per batch, on CPU.
+
+    Shifted to next-token positions: its argmax ``ids`` (B, T−1) and its top-k logits ``values``/``indices``
+    (B, T−1, k).
     """
     teacher.eval()
     device = next(teacher.parameters()).device

@@ -88,8 +88,10 @@ def cpu_matmul_flops(dtype, n: int = PEAK_N, repeats: int = PEAK_REPEATS) -> flo
 
 
 def measure_peaks(device: str = "cpu") -> dict:
-    """{"fp32": FLOP/s, "bf16": FLOP/s} of square matmuls: on a CPU one core's (CPU time) × torch's threads; on a
-    GPU the benchmark's ``matmul_flops`` (wall time, synchronized)."""
+    """{"fp32": FLOP/s, "bf16": FLOP/s} of square matmuls on ``device``.
+
+    On a CPU one core's (CPU time) × torch's threads; on a GPU the benchmark's ``matmul_flops`` (wall time,
+    synchronized)."""
     import torch
 
     if device == "cuda":

@@ -2,7 +2,7 @@
 
     >>> chrf(["안녕하세요"], ["안녕하세요"]), round(chrf(["안녕하세요"], ["안녕히 가세요"]), 1)   # 0–100
     (100.0, 22.1)
-    >>> exact_match(["Paris.", "4"], ["paris", "5"])     # after ``normalize``: case, spaces, final punctuation
+    >>> exact_match(["Paris.", "4"], ["paris", "5"])     # compared after ``normalize``
     0.5
 
 Example::

@@ -383,8 +383,8 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
 
     Example::
 
-        reply = generate_reply(model, tok, "What is the capital of France?")   # e.g. 'The capital of France is Paris.'
-        reply.cut                                       # False when the reply ended before max_new_tokens
+        reply = generate_reply(model, tok, "What is the capital of France?")
+        reply, reply.cut      # e.g. 'The capital of France is Paris.', False: it ended before max_new_tokens
     """
     import torch
 

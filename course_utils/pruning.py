@@ -50,8 +50,8 @@ def n_to_prune(n: int, amount: float) -> int:
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest entry (1-based) of a tensor, as a 0-d tensor.
 
-    On CPU this uses numpy's introselect (``np.partition``) instead of ``torch.kthvalue``: faster, which matters
-    when a sweep thresholds 100 M weights many times. Same value either way.
+    On CPU this uses numpy's introselect (``np.partition``) instead of ``torch.kthvalue``: faster, which
+    matters when a sweep thresholds 100 M weights many times. Same value either way.
     """
     flat = values.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):

@@ -692,8 +692,9 @@ def phi3_mini_config(tiny: bool = False, layout: str = "phi3"):
 
 
 def model_lora_params(model, r: int, target_modules: list[str] | None = None) -> int:
-    """Parameters LoRA adds to a whole model: ``lora_param_count(d_in, d_out, r)`` = r·(d_in + d_out) summed
-    over the targeted Linear layers (notebook 03's formula; A is r×d_in, B is d_out×r)."""
+    """Parameters LoRA adds to a whole model: r·(d_in + d_out) summed over the targeted Linear layers.
+
+    That is ``lora_param_count(d_in, d_out, r)``, notebook 03's formula (A is r×d_in, B is d_out×r)."""
     targets = set(lora_targets(model, target_modules))
     total = 0
     for name, module in model.named_modules():

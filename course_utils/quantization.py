@@ -5,7 +5,7 @@ bitsandbytes in ``tests/test_quantization.py``. Notebook 04 shows the core defin
 
     >>> w = torch.linspace(-1, 1, 64).repeat(2, 1)                                   # (out, in) = (2, 64)
     >>> w_hat = fake_quant(w, bits=4, symmetric=True, granularity="group", group_size=64)
-    >>> w_hat.shape, w_hat[0].unique().numel()            # same shape; a group takes at most 15 levels (−7 … 7)
+    >>> w_hat.shape, w_hat[0].unique().numel()        # same shape; a group takes at most 15 levels (−7 … 7)
     (torch.Size([2, 64]), 15)
     >>> packed, state = quantize_4bit(w, "nf4", blocksize=64, double_quant=True)   # bitsandbytes' layout
     >>> packed.shape, dequantize_4bit(packed, state).shape                          # two 4-bit codes per byte
@@ -580,7 +580,7 @@ class FakeQuant(nn.Module):
     >>> linear = nn.Linear(16, 4)
     >>> _ = torch.nn.utils.parametrize.register_parametrization(linear, "weight", FakeQuant(bits=3))
     >>> linear.weight.sum().backward()             # the forward sees the 3-bit weight
-    >>> torch.equal(linear.parametrizations.weight.original.grad, torch.ones(4, 16))   # STE: ∂/∂w passes as is
+    >>> torch.equal(linear.parametrizations.weight.original.grad, torch.ones(4, 16))   # STE: passed as is
     True
     """
 

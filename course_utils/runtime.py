@@ -70,8 +70,9 @@ def rehearsing() -> bool:
 
 
 def standins() -> bool:
-    """True when the hub ids resolve to the rehearsal's small random stand-ins (the rehearsal, or
-    ``COURSE_STANDINS=1`` as ``make gpu-check`` sets it on a real GPU)."""
+    """True when the hub ids resolve to the rehearsal's small random stand-ins.
+
+    That is in the rehearsal, or with ``COURSE_STANDINS=1`` as ``make gpu-check`` sets it on a real GPU."""
     return rehearsing() or os.environ.get("COURSE_STANDINS", "").strip() == "1"
 
 
@@ -110,8 +111,13 @@ REHEARSAL_CAPS = dict(steps=4, batch_size=2, seq_len=64, eval_size=8, max_new_to
 def capped(value: int, cap: int) -> int:
     """``value``, or at most ``cap`` in the rehearsal: for sizes a lesson writes down itself.
 
-    >>> capped(60, 4)   # 60 outside the rehearsal
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"COURSE_REHEARSAL": "0"}):
+    ...     capped(60, 4)
     60
+    >>> with mock.patch.dict(os.environ, {"COURSE_REHEARSAL": "1"}):
+    ...     capped(60, 4)
+    4
     """
     return min(value, cap) if rehearsing() else value
 
@@ -217,7 +223,8 @@ def autocast_dtype_name(device: str | None = None) -> str | None:
 def autocast(device: str | None = None):
     """The training forward's precision context: ``torch.autocast("cpu", bfloat16)`` where ``cpu_bf16()``.
 
-    Elsewhere a no-op. The weights stay in ``compute_dtype`` (fp32 on a CPU): autocast casts each matmul's inputs.
+    Elsewhere a no-op. The weights stay in ``compute_dtype`` (fp32 on a CPU): autocast casts each matmul's
+    inputs.
 
     Example::
 

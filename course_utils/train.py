@@ -235,8 +235,10 @@ def evaluate_loss(model, batches: list[dict], loss_fn=lm_loss) -> float:
 
 
 def adamw(params, lr: float, weight_decay: float = 0.0, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA fp32/bf16/fp16): one kernel
-    per step instead of a loop of element-wise ops per tensor (the same update; ``fused=False`` turns it off)."""
+    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA fp32/bf16/fp16).
+
+    One kernel per step instead of a loop of element-wise ops per tensor (the same update; ``fused=False``
+    turns it off)."""
     params = list(params)
     fused = kwargs.pop("fused", None)
     if fused is None:

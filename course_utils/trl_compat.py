@@ -9,7 +9,7 @@ the same computation in ordinary differentiable torch ops. With Triton present i
 Example::
 
     from course_utils.trl_compat import SFTTrainer, sft_config   # patched on import
-    args = sft_config(output_dir="out", max_steps=8)            # use_cpu and the CPU's precision on the cpu profile
+    args = sft_config(output_dir="out", max_steps=8)            # on the cpu profile: use_cpu, CPU precision
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def sft_config(**kwargs):
     """``trl.SFTConfig`` with the course's defaults: the profile's precision and device, no reports, no saves.
 
     The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
-    CPU. TRL turns bf16 on by default even on CPU, where it can be slower than fp32; ``runtime.precision_flags``
-    decides instead: on a CPU bf16 autocast only where ``runtime.cpu_bf16()`` measured it faster, on a GPU bf16
-    (Ampere+) or fp16 (T4). TRL also turns gradient
+    CPU. TRL turns bf16 on by default even on CPU, where it can be slower than fp32;
+    ``runtime.precision_flags`` decides instead: on a CPU bf16 autocast only where ``runtime.cpu_bf16()``
+    measured it faster, on a GPU bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
     checkpointing on by default, which recomputes activations every step (``python -m course_utils.bench
     efficiency`` measures a step with and without it): here it is off unless the caller asks,
     ``sft_config(..., gradient_checkpointing=True)``.

@@ -97,8 +97,10 @@ class ChatbotConfig:
 # --------------------------------------------------------------------------- the eval gate
 
 def should_accept(live_score: float, candidate_score: float, tolerance: float) -> bool:
-    """Eval gate on held-out answer loss (lower is better): accept unless the candidate is worse than
-    the live adapter by more than ``tolerance`` (relative). A NaN/inf candidate is always rejected.
+    """Eval gate on held-out answer loss (lower is better): accept unless the candidate is clearly worse.
+
+    Clearly worse: worse than the live adapter by more than ``tolerance`` (relative). A NaN/inf candidate is
+    always rejected.
 
     >>> should_accept(2.00, 2.01, tolerance=0.01), should_accept(2.00, 2.03, tolerance=0.01)
     (True, False)
@@ -183,8 +185,10 @@ class Chatbot:
     def open(cls, root: str | Path, model, tokenizer, config: ChatbotConfig | None = None,
              eval_sets: dict | None = None, replay_pool: dict | None = None, background: bool = True,
              synchronous: str | None = None) -> Chatbot:
-        """The course set-up: store and adapters under ``root``; held-out QA and replay pool from
-        ``data/ko_tax_qa.jsonl`` (test split → eval gate, train split → replay top-up)."""
+        """The course set-up: store and adapters under ``root``, held-out QA and replay pool from the data.
+
+        The data is ``data/ko_tax_qa.jsonl``: its test split feeds the eval gate, its train split tops up
+        replay."""
         from course_utils.chatbot.store import SYNCHRONOUS
 
         config = config or ChatbotConfig.from_settings()

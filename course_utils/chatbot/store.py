@@ -297,8 +297,9 @@ class FeedbackStore:
             "ORDER BY id LIMIT ?", (validate_domain(domain), threshold, -1 if limit is None else limit))]
 
     def replay_sample(self, domain: str, k: int, threshold: float, seed: int = 0) -> list[dict]:
-        """Up to ``k`` older rows of ``domain`` that an *accepted* round trained on (rejected rounds'
-        rows are quarantined, never replayed), drawn reproducibly with ``seed``."""
+        """Up to ``k`` older rows of ``domain`` that an *accepted* round trained on, drawn with ``seed``.
+
+        Rejected rounds' rows are quarantined, never replayed; the same seed draws the same rows."""
         rows = [dict(r) for r in self._read(
             "SELECT f.* FROM feedback f JOIN rounds r ON f.used_in_training = r.id "
             "WHERE f.domain = ? AND r.status = 'accepted' AND f.quality >= ? ORDER BY f.id",
@@ -367,8 +368,10 @@ for i in range(10**9):
 
 
 def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 200, timeout_s: float = 120) -> dict:
-    """Start a process that streams feedback into ``path``, SIGKILL it after ``after`` acknowledged writes,
-    then reopen the database: which acknowledged ids are missing, and does it pass ``integrity_check``?
+    """SIGKILL a process streaming feedback into ``path``, then check the database it leaves.
+
+    The writer is killed after ``after`` acknowledged writes; the database is reopened: which acknowledged
+    ids are missing, and does it pass ``integrity_check``?
 
     Example: ``sigkill_demo("outputs/kill.db")["missing"]`` is ``[]``.
     """

@@ -11,9 +11,9 @@
     ✅ **Q1 🐢 parameters of a linear layer**: correct!
     correct
 
-A wrong answer prints ❌ and why (``.solution()`` shows the code), and with ``COURSE_STRICT=1`` (CI) it also raises
-``AssertionError``; a blank never does, so the notebooks run untouched in CI while the checkers themselves are
-tested against right and wrong answers.
+A wrong answer prints ❌ and why (``.solution()`` shows the code), and with ``COURSE_STRICT=1`` (CI) it also
+raises ``AssertionError``; a blank never does, so the notebooks run untouched in CI while the checkers
+themselves are tested against right and wrong answers.
 """
 
 from __future__ import annotations
