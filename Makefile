@@ -37,12 +37,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/vermin --no-tips --violations -t=3.10- course_utils scripts tests data conftest.py
 
-# Modules whose >>> examples are cheap run them; the others' examples are plain ``Example::`` text.
-DOCTEST_MODULES = course_utils/__init__.py course_utils/course.py course_utils/memory.py course_utils/chatbot
-
+# Every >>> example in course_utils runs; one that would need a model, a GPU, the network or seconds of
+# compute is plain ``Example::`` text instead.
 unit: setup
 	$(NB_ENV) $(PY) -m pytest tests -q --durations=10
-	$(NB_ENV) $(PY) -m pytest --doctest-modules $(DOCTEST_MODULES) -q
+	$(NB_ENV) $(PY) -m pytest --doctest-modules course_utils -q
 
 notebooks: setup
 	$(NB_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks -p no:cacheprovider --durations=0 -q

@@ -1,5 +1,4 @@
-"""API-drift check without training: every call the course makes into the fine-tuning stack, against the installed
-signatures.
+"""API-drift check without training: the course's calls into its stack against the installed signatures.
 
 It parses (never runs) the code cells of ``notebooks/*.ipynb`` and the modules of ``course_utils/`` and ``scripts/``
 with ``ast``, resolves called names through the imports in force there (``from trl import SFTConfig`` →

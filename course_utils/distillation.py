@@ -1,13 +1,26 @@
-"""Knowledge distillation (지식 증류) from scratch: the logit-distillation loss, a student cut from the teacher's
-layers, cached top-k teacher logits and agreement. Sequence-level distillation needs only generation and training:
-``models.generate_replies`` and ``train.train``.
+"""Knowledge distillation (지식 증류) from scratch: logit loss, layer-subset student, top-k teacher cache.
 
-    >>> loss = kd_loss(student_logits, teacher_logits, targets, T=2.0, alpha=0.5)      # (N, V), (N, V), (N,)
-    >>> student = layer_subset_student(teacher, keep=[0, 6, 12, 18, 24, 29])
-    >>> values, indices = topk_logits(teacher_logits, k=32)       # the cache: k values + k ids per token
-    >>> loss_k = topk_kd_loss(student_logits, values, indices, targets, T=2.0, alpha=0.5)
+Also ``top1_agreement``. Sequence-level distillation needs only generation and training:
+``models.generate_replies`` and ``train.train``. Shapes: N tokens, V vocabulary, k cached logits per token.
+Targets equal to ``IGNORE_INDEX`` are skipped.
 
-Shapes: N tokens, V vocabulary, k cached logits per token. Targets equal to ``IGNORE_INDEX`` are skipped.
+    >>> teacher_logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, -0.5]])   # (N, V) = (2, 3)
+    >>> targets = torch.tensor([0, IGNORE_INDEX])                             # (N,): token 2 is skipped
+    >>> kd_loss(teacher_logits, teacher_logits, targets, T=2.0, alpha=1.0)    # a student equal to its teacher
+    tensor(0.)
+    >>> values, indices = topk_logits(teacher_logits, k=2)    # the cache: k values + k ids per token, (N, k)
+    >>> indices
+    tensor([[0, 1],
+            [1, 0]])
+    >>> student_logits = torch.zeros(2, 3)
+    >>> v, i = topk_logits(teacher_logits, k=3)               # k = V: the cache is the whole distribution
+    >>> loss_k = topk_kd_loss(student_logits, v, i, targets)
+    >>> torch.allclose(loss_k, kd_loss(student_logits, teacher_logits, targets))
+    True
+
+Example::
+
+    student = layer_subset_student(teacher, keep=[0, 6, 12, 18, 24, 29])
 """
 
 from __future__ import annotations
@@ -72,11 +85,13 @@ def shift_for_causal_lm(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 # --------------------------------------------------------------------------- the student
 
 def layer_subset_student(teacher: nn.Module, keep: list[int]) -> nn.Module:
-    """A smaller model of the teacher's class: the same embeddings, norm, head and tokenizer, but only the
-    decoder layers ``keep`` (in that order), initialised with the teacher's weights.
+    """A smaller model of the teacher's class, keeping only the decoder layers ``keep`` (in that order).
 
-    >>> layer_subset_student(teacher, [0, 15, 29]).config.num_hidden_layers
-    3
+    The same embeddings, norm, head and tokenizer; every kept layer starts from the teacher's weights.
+
+    Example::
+
+        layer_subset_student(teacher, [0, 15, 29]).config.num_hidden_layers   # 3
     """
     if not keep or len(set(keep)) != len(keep):
         raise ValueError(f"keep={keep!r}: give each layer index once, at least one")
@@ -120,8 +135,10 @@ def top1_agreement(student_logits: torch.Tensor, teacher_logits_or_ids: torch.Te
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, batches: list[dict], k: int = 32) -> list[dict[str, torch.Tensor]]:
-    """What evaluation needs from the teacher, computed once per batch (shifted to next-token positions):
-    its argmax ``ids`` (B, T−1) and its top-k logits ``values``/``indices`` (B, T−1, k), on CPU.
+    """What evaluation needs from the teacher, computed once per batch, on CPU.
+
+    Shifted to next-token positions: its argmax ``ids`` (B, T−1) and its top-k logits ``values``/``indices``
+    (B, T−1, k).
     """
     teacher.eval()
     device = next(teacher.parameters()).device

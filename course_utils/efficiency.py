@@ -3,7 +3,7 @@
 Every training entry point of the course reports here: ``course_utils.train.train`` (the lessons' loop) and every
 ``transformers``/TRL ``Trainer`` (an ``EfficiencyCallback`` that ``install()`` adds to all of them). In a notebook
 the runs of one cell are summed into ONE line, printed when the cell ends (an IPython ``post_run_cell`` hook);
-outside IPython (scripts, tests) each run prints its line when it ends.
+outside IPython (scripts, tests) each run prints its line when it ends. Its form (figures illustrative)::
 
     efficiency: 1,310 tokens/s (22% of the positions were padding) · peak memory 1,204 MB · MFU 31% of this
     machine's bf16 matmul peak (612 GFLOP/s, measured once) · bf16 autocast, fp32 weights
@@ -88,8 +88,10 @@ def cpu_matmul_flops(dtype, n: int = PEAK_N, repeats: int = PEAK_REPEATS) -> flo
 
 
 def measure_peaks(device: str = "cpu") -> dict:
-    """{"fp32": FLOP/s, "bf16": FLOP/s} of square matmuls: on a CPU one core's (CPU time) × torch's threads; on a
-    GPU the benchmark's ``matmul_flops`` (wall time, synchronized)."""
+    """{"fp32": FLOP/s, "bf16": FLOP/s} of square matmuls on ``device``.
+
+    On a CPU one core's (CPU time) × torch's threads; on a GPU the benchmark's ``matmul_flops`` (wall time,
+    synchronized)."""
     import torch
 
     if device == "cuda":

@@ -28,7 +28,7 @@ def qa_prompt(question: str) -> str:
     """The plain prompt of notebooks 01–02: the answer follows ``Answer:``.
 
     >>> qa_prompt("How often should I descale?")
-    'Question: How often should I descale?\nAnswer:'
+    'Question: How often should I descale?\\nAnswer:'
     """
     return f"Question: {question}\nAnswer:"
 
@@ -66,8 +66,11 @@ def freeze(model, strategy: str = "full", n_last: int = 2) -> int:
     full: every parameter · last_n: the last ``n_last`` decoder blocks and the final norm ·
     head: the LM head only (untied from the embeddings first) · norms: every norm weight.
 
-    >>> freeze(model, "norms")   # SmolLM2-135M: 61 norms × 576 = 35,136
-    35136
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    >>> freeze(model, "norms"), freeze(model, "full")    # the LayerNorm's weight + bias; all 20 + 8
+    (8, 28)
+
+    On SmolLM2-135M, ``"norms"`` trains 61 RMSNorm weights × 576 = 35,136 numbers.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: expected one of {STRATEGIES}")

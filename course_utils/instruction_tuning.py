@@ -1,13 +1,19 @@
 """Instruction tuning: data formats, chat templates, trained-token masks, early stopping, evaluation.
 
-One example, three shapes (all usable with ``datasets.Dataset.map``)::
+One example, three shapes:
 
     >>> row = {"instruction": "Translate into Korean.", "input": "Thank you.", "output": "감사합니다."}
     >>> alpaca_to_messages(row)["messages"]
     [{'role': 'user', 'content': 'Translate into Korean.\\n\\nThank you.'}, {'role': 'assistant', 'content': '감사합니다.'}]
-    >>> alpaca_to_prompt_completion(row)          # TRL's conversational prompt/completion format
-    {'prompt': [{'role': 'user', ...}], 'completion': [{'role': 'assistant', 'content': '감사합니다.'}]}
-    >>> ds.map(alpaca_to_messages, remove_columns=ds.column_names)
+    >>> pc = alpaca_to_prompt_completion(row)          # TRL's conversational prompt/completion format
+    >>> pc["prompt"] == alpaca_to_messages(row)["messages"][:1], pc["completion"]
+    (True, [{'role': 'assistant', 'content': '감사합니다.'}])
+
+Each works on a whole ``datasets.Dataset``.
+
+Example::
+
+    ds.map(alpaca_to_messages, remove_columns=ds.column_names)
 
 Chat templates: the stock SmolLM2 template, a training variant with ``{% generation %}`` markers (what TRL's
 ``assistant_only_loss=True`` needs), and Phi-3-mini-4k-instruct's documented template, rendered with jinja2.
@@ -154,7 +160,13 @@ def has_generation_markers(template: str) -> bool:
 class SideBySide:
     """Texts shown in columns in Jupyter (special tokens visible), one after another in plain text.
 
-    >>> SideBySide({"SmolLM2": smol_text, "Phi-3": phi3_text})
+    >>> SideBySide({"SmolLM2": "<|im_start|>user\\nHi<|im_end|>", "Phi-3": "<|user|>\\nHi<|end|>"})
+    ── SmolLM2 ─────────────────────────────────────────────────────
+    <|im_start|>user
+    Hi<|im_end|>
+    ── Phi-3 ───────────────────────────────────────────────────────
+    <|user|>
+    Hi<|end|>
     """
 
     texts: dict[str, str]
@@ -304,7 +316,9 @@ def generate_batch(model, tokenizer, rows: list[dict], max_new_tokens: int, batc
                    system: str | None = None) -> list[str]:
     """Greedy chat replies to Alpaca rows (their ``user_turn``), decoded without specials, in the order of ``rows``.
 
-    >>> generate_batch(model, tok, eval_rows[:2], max_new_tokens=8)   # ['4', 'positive'] or the like
+    Example::
+
+        generate_batch(model, tok, eval_rows[:2], max_new_tokens=8)   # two strings, e.g. ['4', 'positive']
     """
     from course_utils.models import generate_replies
 

@@ -8,8 +8,14 @@ A frozen linear layer ``W₀`` (d_out × d_in) gets a trainable low-rank update 
     >>> layer = LoRALinear(nn.Linear(576, 576), r=8, lora_alpha=16)
     >>> layer.get_delta_weight().shape          # (d_out, d_in), rank ≤ 8
     torch.Size([576, 576])
-    >>> names = inject_lora(model, ["q_proj", "v_proj"], r=8, lora_alpha=16)   # everything else frozen
-    >>> merge_lora(model); unmerge_lora(model); remove_lora(model)
+    >>> attn = nn.ModuleDict({name: nn.Linear(8, 8) for name in ("q_proj", "v_proj", "o_proj")})
+    >>> inject_lora(attn, ["q_proj", "v_proj"], r=2, lora_alpha=4)     # everything else frozen
+    ['q_proj', 'v_proj']
+    >>> [name for name, p in attn.named_parameters() if p.requires_grad]
+    ['q_proj.lora_A.weight', 'q_proj.lora_B.weight', 'v_proj.lora_A.weight', 'v_proj.lora_B.weight']
+    >>> merge_lora(attn); unmerge_lora(attn)                            # W₀ += ΔW, then W₀ −= ΔW
+    >>> remove_lora(attn)["q_proj"]                                     # the plain layers back
+    Linear(in_features=8, out_features=8, bias=True)
 
 Storage matches peft exactly: ``lora_A`` is ``nn.Linear(d_in, r)``, whose ``weight`` (out × in) is A itself
 (r, d_in); ``lora_B`` is ``nn.Linear(r, d_out)`` with ``weight`` B (d_out, r). Copying into a peft model
@@ -247,8 +253,10 @@ def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int = 8, lor
     wraps in :class:`DoRALinear` instead (peft's ``LoraConfig(use_dora=True)``). Returns the
     wrapped module names. Raises ``ValueError`` when nothing matches.
 
-    >>> inject_lora(model, ["q_proj", "v_proj"], r=8, lora_alpha=16)[:2]
-    ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj']
+    Example::
+
+        inject_lora(model, ["q_proj", "v_proj"], r=8, lora_alpha=16)[:2]   # SmolLM2
+        # ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj']
     """
     target_modules = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     layers = None if layers_to_transform is None else set(layers_to_transform)

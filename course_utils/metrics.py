@@ -1,7 +1,13 @@
 """Evaluation metrics the lessons share: perplexity, chrF, exact match.
 
-    >>> perplexity(model, tok, ["The sky is blue."])    # e.g. 25.3
-    >>> chrf(["안녕하세요"], ["안녕하세요"])                 # 100.0
+    >>> chrf(["안녕하세요"], ["안녕하세요"]), round(chrf(["안녕하세요"], ["안녕히 가세요"]), 1)   # 0–100
+    (100.0, 22.1)
+    >>> exact_match(["Paris.", "4"], ["paris", "5"])     # compared after ``normalize``
+    0.5
+
+Example::
+
+    perplexity(model, tok, ["The sky is blue."])     # exp(mean token loss), a float ≥ 1
 """
 
 from __future__ import annotations

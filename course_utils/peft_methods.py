@@ -6,8 +6,17 @@ add), attached with forward hooks so the model's code and parameter names stay a
 up-projection starts at zero, so a freshly added adapter leaves the model's output exactly unchanged.
 peft 0.21 has no bottleneck adapter, and the AdapterHub ``adapters`` package pins an older transformers.
 
-    >>> adapters = add_adapters(model, bottleneck=64)   # base frozen, only adapters train
-    >>> save_adapters(model, "x2.safetensors"); load_adapters(fresh_model, "x2.safetensors")
+    >>> adapter = BottleneckAdapter(hidden=8, bottleneck=2)
+    >>> x = torch.randn(1, 3, 8)                                # (B, T, d)
+    >>> torch.equal(adapter(x), x)                              # up-projection zero: output unchanged
+    True
+    >>> adapter_param_count(8, 2, layers=1)                     # 2 adapters × (2·8·2 + 2 + 8)
+    84
+
+Example::
+
+    adapters = add_adapters(model, bottleneck=64)   # base frozen, only adapters train
+    save_adapters(model, "x2.safetensors"); load_adapters(fresh_model, "x2.safetensors")
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """One plot style for the course: loss curves and comparison bars.
 
-    >>> fig = plot_losses({"full": res_full.losses, "LoRA": res_lora.losses})
-    >>> fig = plot_bars({"fp32": 538.0, "nf4": 166.5}, ylabel="MB", title="Footprint")
+    >>> fig = plot_losses({"full": [2.0, 1.6, 1.3], "LoRA": [2.0, 1.8, 1.6]})   # e.g. train(...).losses
+    >>> [line.get_label() for line in fig.axes[0].lines]
+    ['full', 'LoRA']
+    >>> fig = plot_bars({"fp32": 538.0, "nf4": 166.4}, ylabel="MB", title="Footprint")
+    >>> [t.get_text() for t in fig.axes[0].texts]       # each bar's value written on it (fmt "{:.3g}")
+    ['538', '166']
+    >>> plt.close("all")
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ def use_style() -> None:
 
 
 def smooth(values: list[float], k: int = 1) -> list[float]:
-    """Trailing moving average over ``k`` points (k=1 returns the values)."""
+    """Trailing moving average over ``k`` points (k=1 returns the values).
+
+    >>> smooth([1.0, 2.0, 3.0, 4.0], k=2)
+    [1.0, 1.5, 2.5, 3.5]
+    """
     out, acc = [], 0.0
     for i, v in enumerate(values):
         acc += v
@@ -54,7 +63,7 @@ def wrap_label(name: str, width: int = 16) -> str:
     """A tick label broken at " · " and wrapped to ``width`` characters per line.
 
     >>> wrap_label("add_many(100) · synchronous=FULL")
-    'add_many(100)\nsynchronous=FULL'
+    'add_many(100)\\nsynchronous=FULL'
     """
     return "\n".join(textwrap.fill(part, width) for part in name.split(" · "))
 

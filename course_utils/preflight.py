@@ -5,9 +5,13 @@ Three parts, each testable on its own: ``probe()`` reads the hardware into ``Fac
 (the course's one decision), each notebook's memory from ``course_utils.memory.memory_breakdown`` (the course's
 own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words.
 
-    >>> print_preflight()                     # notebook 00: the whole table
-    >>> print(preflight_line("07"))           # a setup cell: one line for this notebook
-    cpu profile · 2 cores, 22.3 GiB free RAM · fp32 · notebook 07 needs ≈ 1.3 GiB: fits
+    >>> laptop = Facts("Example CPU", cores=2, ram_total=32 * GiB, ram_free=20 * GiB)   # probe(): this machine's
+    >>> print(preflight_line("07", facts=laptop, profile="cpu"))     # a setup cell: one line for notebook 07
+    cpu profile · 2 cores, 20.0 GiB free RAM · fp32 · notebook 07 needs ≈ 3.4 GiB: fits
+
+Example::
+
+    print_preflight()               # notebook 00: this machine, the profile, and every notebook's memory
 
 A notebook's need is the peak of its heaviest step (the weights of every model it holds at that moment, plus
 the training memory of the one it trains), plus the Python process on a CPU. It is an estimate from the
@@ -159,8 +163,10 @@ def _cores() -> int:
 
 
 def probe(cpuinfo: str | None = None) -> Facts:
-    """Read this machine's facts. GPU answers come through ``course_utils.runtime`` (the rehearsal's simulated T4
-    included) and ``torch.cuda.mem_get_info``, so tests fake them by monkeypatching those."""
+    """Read this machine's facts.
+
+    GPU answers come through ``course_utils.runtime`` (the rehearsal's simulated T4 included) and
+    ``torch.cuda.mem_get_info``, so tests fake them by monkeypatching those."""
     text = cpuinfo if cpuinfo is not None else (_read("/proc/cpuinfo") or "")
     model, flags = parse_cpuinfo(text)
     model = model or platform.processor() or platform.machine() or "unknown CPU"
@@ -182,9 +188,11 @@ def probe(cpuinfo: str | None = None) -> Facts:
 
 @dataclass(frozen=True)
 class Step:
-    """One moment of a notebook: ``shape`` trained with ``method`` (``full``, ``lora``, ``qlora``), run
-    (``inference``), held (``weights``) or being loaded on a CPU (``load``: the memory-mapped file's pages and the
-    copy ``models.load_model`` makes), on a batch of ``batch × seq_len`` tokens, while the models in ``resident``
+    """One moment of a notebook: a model trained, run, held or loaded, with the other models it holds.
+
+    ``shape`` trained with ``method`` (``full``, ``lora``, ``qlora``), run (``inference``), held
+    (``weights``) or being loaded on a CPU (``load``: the memory-mapped file's pages and the copy
+    ``models.load_model`` makes), on a batch of ``batch × seq_len`` tokens, while the models in ``resident``
     are held too.
 
     weight_bytes: bytes per weight of the trained model (and of everything not quantized in QLoRA);
@@ -215,8 +223,10 @@ class Step:
 
 
 def weights_bytes(shape: ModelShape, method: str = "full", weight_bytes: int = 4) -> float:
-    """Bytes of a held model's weights: all in ``weight_bytes`` (full), or NF4 + adapters (qlora), or base +
-    adapters (lora); ``linear``: one tensor per projection weight (a mask or a snapshot of them, notebook 05)."""
+    """Bytes of a held model's weights.
+
+    All in ``weight_bytes`` (full), or NF4 + adapters (qlora), or base + adapters (lora); ``linear``: one
+    tensor per projection weight (a mask or a snapshot of them, notebook 05)."""
     if method == "linear":
         return float(shape.linear_params * weight_bytes)
     return memory_breakdown(shape, method, batch=0, weight_bytes=weight_bytes)["weights"]
@@ -467,8 +477,9 @@ def preflight_line(notebook: str | None = None, facts: Facts | None = None, prof
 
     Without a notebook the line names the notebooks that would not fit, if any.
 
-    >>> preflight_line("00")
-    'cpu profile · 2 cores, 22.3 GiB free RAM · fp32 · notebook 00 needs ≈ 1.0 GiB: fits'
+    >>> small = Facts("Example CPU", cores=2, ram_total=8 * GiB, ram_free=2 * GiB)
+    >>> preflight_line(facts=small, profile="cpu")
+    'cpu profile · 2 cores, 2.0 GiB free RAM · fp32 · ⚠️ would run out of memory: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 10 (print_preflight() says why)'
     """
     r = preflight(facts, profile)
     f = r.facts

@@ -99,7 +99,9 @@ def detect_backend(verbose: bool = True, refresh: bool = False) -> Backend:
     ``COURSE_UNSLOTH=0`` forces the fallback. Import Unsloth before transformers/TRL (as it asks), so call
     this early. The result is cached; ``refresh=True`` tries again.
 
-    >>> detect_backend().name      # 'unsloth' or 'peft'
+    Example::
+
+        detect_backend().name      # 'unsloth' where it imports, else 'peft'
     """
     global _DETECTED
     if _DETECTED is not None and not refresh:
@@ -173,8 +175,10 @@ def load_4bit_model(model_name: str, max_seq_length: int = 2048, dtype=None, bac
 def lora_targets(model, wanted: list[str] | None = None) -> list[str]:
     """The module names of ``wanted`` (default ``TARGET_MODULES``) that exist in ``model``, fused names added.
 
-    >>> lora_targets(phi3_model)    # Phi-3 fuses q/k/v and gate/up
-    ['o_proj', 'down_proj', 'qkv_proj', 'gate_up_proj']
+    >>> from torch import nn
+    >>> names = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]      # Phi-3 fuses q/k/v and gate/up
+    >>> lora_targets(nn.ModuleDict({n: nn.Linear(2, 2) for n in names}))
+    ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj']
     """
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     out = []
@@ -688,8 +692,9 @@ def phi3_mini_config(tiny: bool = False, layout: str = "phi3"):
 
 
 def model_lora_params(model, r: int, target_modules: list[str] | None = None) -> int:
-    """Parameters LoRA adds to a whole model: ``lora_param_count(d_in, d_out, r)`` = r·(d_in + d_out) summed
-    over the targeted Linear layers (notebook 03's formula; A is r×d_in, B is d_out×r)."""
+    """Parameters LoRA adds to a whole model: r·(d_in + d_out) summed over the targeted Linear layers.
+
+    That is ``lora_param_count(d_in, d_out, r)``, notebook 03's formula (A is r×d_in, B is d_out×r)."""
     targets = set(lora_targets(model, target_modules))
     total = 0
     for name, module in model.named_modules():

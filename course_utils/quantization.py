@@ -3,10 +3,15 @@
 Everything here is plain, vectorised torch (no Python loop over elements) and is checked against
 bitsandbytes in ``tests/test_quantization.py``. Notebook 04 shows the core definitions inline and uses these.
 
-    >>> w_hat = fake_quant(w, bits=4, symmetric=True, granularity="group", group_size=64)   # same shape as w
-    >>> packed, state = quantize_4bit(w, "nf4", blocksize=64, double_quant=True)          # bitsandbytes layout
-    >>> torch.equal(dequantize_4bit(packed, state), bnb_dequantize_4bit(...))
-    >>> bits_per_param(64, double_quant=True)                                             # 4.127
+    >>> w = torch.linspace(-1, 1, 64).repeat(2, 1)                                   # (out, in) = (2, 64)
+    >>> w_hat = fake_quant(w, bits=4, symmetric=True, granularity="group", group_size=64)
+    >>> w_hat.shape, w_hat[0].unique().numel()        # same shape; a group takes at most 15 levels (−7 … 7)
+    (torch.Size([2, 64]), 15)
+    >>> packed, state = quantize_4bit(w, "nf4", blocksize=64, double_quant=True)   # bitsandbytes' layout
+    >>> packed.shape, dequantize_4bit(packed, state).shape                          # two 4-bit codes per byte
+    (torch.Size([64, 1]), torch.Size([2, 64]))
+    >>> bits_per_param(64, double_quant=True)             # 4 + 8/64 + 32/(64·256)
+    4.126953125
 
 Why one module of ~630 lines: it is notebook 04 end to end (formats, linear quantization, NF4/FP4, blockwise
 and double quantization, QAT, outliers), each piece tested against bitsandbytes here.
@@ -68,7 +73,8 @@ def format_table() -> list[dict]:
 def round_trip(values: list[float], dtype: torch.dtype) -> list[float]:
     """What ``values`` become after a round trip through ``dtype`` (overflow → inf, underflow → 0).
 
-    >>> round_trip([0.1, 70000.0], torch.float16)     # [0.0999755859375, inf]
+    >>> round_trip([0.1, 70000.0], torch.float16)
+    [0.0999755859375, inf]
     """
     return torch.tensor(values, dtype=torch.float64).to(dtype).to(torch.float64).tolist()
 
@@ -79,7 +85,8 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned codes (< 2**bits) into bytes, first value in the high bits (bitsandbytes' 4-bit order).
 
     bits ∈ {1, 2, 4, 8}. Shape: any → (ceil(n·bits/8),) uint8.
-    >>> pack_bits(torch.tensor([1, 2]), 4)    # tensor([18], dtype=torch.uint8)   (0x12)
+    >>> pack_bits(torch.tensor([1, 2]), 4)    # 0x12
+    tensor([18], dtype=torch.uint8)
     """
     if bits not in (1, 2, 4, 8):
         raise ValueError(f"bits={bits}: packing supports 1, 2, 4 or 8 bits per code")
@@ -110,7 +117,8 @@ def group_view(x: torch.Tensor, granularity: str = "tensor", group_size: int = 6
 
     For a Linear weight (out, in), a channel is an output row and a group is ``group_size`` consecutive
     inputs of one row (rows shorter than a group are grouped in memory order).
-    >>> group_view(torch.zeros(8, 128), "group", 64).shape   # (16, 64)
+    >>> group_view(torch.zeros(8, 128), "group", 64).shape
+    torch.Size([16, 64])
     """
     if granularity == "tensor":
         return x.reshape(1, -1)
@@ -207,7 +215,8 @@ def fake_quant(x: torch.Tensor, bits: int = 8, symmetric: bool = True, granulari
                group_size: int = 64, clip: str = "minmax", pct: float = 99.9) -> torch.Tensor:
     """Quantize and dequantize ``x`` (the values a quantized model really computes with). Same shape as x.
 
-    >>> fake_quant(torch.tensor([0.0, 0.5, 1.0]), bits=2)     # tensor([0., 0., 1.])  (grid −1, 0, 1)
+    >>> fake_quant(torch.tensor([0.0, 0.5, 1.0]), bits=2)     # grid −1, 0, 1 (scale 1)
+    tensor([0., 0., 1.])
     """
     xg = group_view(x.float(), granularity, group_size)                     # (G, n)
     if symmetric and clip == "minmax":  # fast path (QAT runs it every step); same numbers as the general one
@@ -453,7 +462,8 @@ def bits_per_param(blocksize: int = 64, double_quant: bool = False, dq_blocksize
                    absmax_bits: int = 32, dq_code_bits: int = 8) -> float:
     """Storage bits per weight: the code plus each weight's share of the scaling constants.
 
-    >>> bits_per_param(64), bits_per_param(64, double_quant=True)     # (4.5, 4.127)
+    >>> bits_per_param(64), bits_per_param(64, double_quant=True)     # 4 + 32/64; 4 + 8/64 + 32/(64·256)
+    (4.5, 4.126953125)
     """
     if not double_quant:
         return code_bits + absmax_bits / blocksize
@@ -567,7 +577,11 @@ def ste(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 class FakeQuant(nn.Module):
     """A weight parametrization: forward = fake-quantized weight, gradient = straight through (STE).
 
-    >>> torch.nn.utils.parametrize.register_parametrization(linear, "weight", FakeQuant(bits=3))
+    >>> linear = nn.Linear(16, 4)
+    >>> _ = torch.nn.utils.parametrize.register_parametrization(linear, "weight", FakeQuant(bits=3))
+    >>> linear.weight.sum().backward()             # the forward sees the 3-bit weight
+    >>> torch.equal(linear.parametrizations.weight.original.grad, torch.ones(4, 16))   # STE: passed as is
+    True
     """
 
     def __init__(self, bits: int = 4, symmetric: bool = True, granularity: str = "channel", group_size: int = 64):
@@ -606,8 +620,11 @@ def remove_fake_quant(model: nn.Module) -> None:
 def capture(modules: dict[str, nn.Module], what: str = "output", max_rows: int | None = None):
     """Record the (flattened to (tokens, features)) input or output of each module while inside the block.
 
-    >>> with capture({"mlp.act": layer.mlp.act_fn}) as acts: model(**batch)
-    >>> acts["mlp.act"].shape        # (tokens, 1536)
+    >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
+    >>> with capture({"act": mlp[1]}) as acts:
+    ...     _ = mlp(torch.ones(2, 3, 4))              # (B, T, d)
+    >>> acts["act"].shape                             # (B·T, 8)
+    torch.Size([6, 8])
     """
     store: dict[str, torch.Tensor] = {}
 
@@ -642,7 +659,9 @@ def outlier_linears(model: nn.Module, batch: dict, threshold: float = 20.0) -> l
     These are the layers where one per-tensor activation scale must stretch to cover an outlier, so every
     ordinary value lands on a handful of int8 levels.
 
-    >>> outlier_linears(model, batch)   # e.g. ['lm_head', 'model.layers.2.mlp.down_proj', ...]
+    Example::
+
+        outlier_linears(model, batch)   # e.g. ['lm_head', 'model.layers.2.mlp.down_proj', ...]
     """
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     keep = batch["attention_mask"].reshape(-1).bool() if "attention_mask" in batch else None

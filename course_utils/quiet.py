@@ -8,7 +8,8 @@ bitsandbytes message below is logged while ``bitsandbytes`` is being imported (b
 quantizers or Unsloth).
 
     >>> from course_utils.quiet import quiet_known_warnings
-    >>> quiet_known_warnings()      # idempotent; COURSE_SHOW_WARNINGS=1 turns it off
+    >>> [k.logger for k in quiet_known_warnings()]    # idempotent; COURSE_SHOW_WARNINGS=1 turns it off: ()
+    ['bitsandbytes.backends.cpu.ops', 'bitsandbytes.autograd._functions', 'unsloth.chat_templates']
 
 Anything not listed here still shows: the filters match messages, never whole loggers or categories.
 """

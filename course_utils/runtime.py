@@ -3,8 +3,9 @@
 The profile is ``cpu`` (offline, embedded model, few steps) or ``gpu`` (Colab/CUDA, hub models).
 ``COURSE_PROFILE`` overrides the default, which is ``gpu`` when CUDA is available, else ``cpu``.
 
-    >>> S = settings()
-    >>> S.profile, S.steps, S.batch_size, S.seq_len   # e.g. ('cpu', 12, 4, 64)
+    >>> S = settings("cpu")                           # settings(): the active profile's
+    >>> S.profile, S.steps, S.batch_size, S.seq_len
+    ('cpu', 12, 4, 64)
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def rehearsing() -> bool:
 
 
 def standins() -> bool:
-    """True when the hub ids resolve to the rehearsal's small random stand-ins (the rehearsal, or
-    ``COURSE_STANDINS=1`` as ``make gpu-check`` sets it on a real GPU)."""
+    """True when the hub ids resolve to the rehearsal's small random stand-ins.
+
+    That is in the rehearsal, or with ``COURSE_STANDINS=1`` as ``make gpu-check`` sets it on a real GPU."""
     return rehearsing() or os.environ.get("COURSE_STANDINS", "").strip() == "1"
 
 
@@ -109,8 +111,13 @@ REHEARSAL_CAPS = dict(steps=4, batch_size=2, seq_len=64, eval_size=8, max_new_to
 def capped(value: int, cap: int) -> int:
     """``value``, or at most ``cap`` in the rehearsal: for sizes a lesson writes down itself.
 
-    >>> capped(60, 4)   # 60 outside the rehearsal
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"COURSE_REHEARSAL": "0"}):
+    ...     capped(60, 4)
     60
+    >>> with mock.patch.dict(os.environ, {"COURSE_REHEARSAL": "1"}):
+    ...     capped(60, 4)
+    4
     """
     return min(value, cap) if rehearsing() else value
 
@@ -182,7 +189,7 @@ def cpu_bf16(measure=None) -> bool:
 
     Decided by a measurement, not by CPU flags: bf16 and fp32 square matmuls timed once per machine (cached with the
     efficiency line's peak, ``course_utils.efficiency.machine_peaks``); bf16 is used where it measures
-    ≥ ``CPU_BF16_MIN_SPEEDUP``× fp32 (AVX512-BF16/AMX CPUs: ~4×; an AVX2-only CPU emulates it, ~14× slower).
+    ≥ ``CPU_BF16_MIN_SPEEDUP``× fp32 (an AVX2-only CPU emulates bf16 and is slower than fp32).
     ``COURSE_CPU_BF16=1``/``0`` overrides. ``measure(device) -> {"fp32", "bf16"}`` fakes the measurement (tests).
     """
     forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
@@ -214,11 +221,15 @@ def autocast_dtype_name(device: str | None = None) -> str | None:
 
 
 def autocast(device: str | None = None):
-    """The training forward's precision context: ``torch.autocast("cpu", bfloat16)`` where ``cpu_bf16()``, else a
-    no-op. The weights stay in ``compute_dtype`` (fp32 on a CPU): autocast casts each matmul's inputs.
+    """The training forward's precision context: ``torch.autocast("cpu", bfloat16)`` where ``cpu_bf16()``.
 
-    >>> with autocast("cpu"):
-    ...     loss = model(**batch).loss
+    Elsewhere a no-op. The weights stay in ``compute_dtype`` (fp32 on a CPU): autocast casts each matmul's
+    inputs.
+
+    Example::
+
+        with autocast("cpu"):
+            loss = model(**batch).loss
     """
     import contextlib
 
@@ -245,11 +256,17 @@ def compute_dtype(device: str | None = None):
 
 
 def precision_flags(device: str | None = None) -> dict:
-    """``bf16``/``fp16`` for ``TrainingArguments``/``SFTConfig``: mixed precision matching ``compute_dtype``, and on
-    a CPU bf16 where ``cpu_bf16()`` (the Trainer then autocasts on the CPU and keeps fp32 weights).
+    """``bf16``/``fp16`` for ``TrainingArguments``/``SFTConfig``: mixed precision matching ``compute_dtype``.
 
-    >>> precision_flags("cpu")   # with COURSE_CPU_BF16=0, or on a CPU whose bf16 is not faster
+    On a CPU, bf16 where ``cpu_bf16()`` (the Trainer then autocasts on the CPU and keeps fp32 weights).
+
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"COURSE_CPU_BF16": "0"}):    # as on a CPU whose bf16 is not faster
+    ...     precision_flags("cpu")
     {'bf16': False, 'fp16': False}
+    >>> with mock.patch.dict(os.environ, {"COURSE_CPU_BF16": "1"}):    # as on a CPU whose bf16 is faster
+    ...     precision_flags("cpu")
+    {'bf16': True, 'fp16': False}
     """
     import torch
 
@@ -314,7 +331,11 @@ def to_device(batch, model_or_device):
 
     Returns a new batch: unlike ``BatchEncoding.to``, the batch passed in is never changed in place.
 
-    >>> batch = to_device(tokenizer("hi", return_tensors="pt"), model)    # input_ids (1, T) on the model's device
+    >>> import torch
+    >>> batch = {"input_ids": torch.ones(1, 3, dtype=torch.long)}       # or a tokenizer's BatchEncoding
+    >>> moved = to_device(batch, torch.nn.Linear(2, 2))                 # to the model's device, here the CPU
+    >>> moved["input_ids"].device, moved is batch
+    (device(type='cpu'), False)
     """
     import torch
 
@@ -348,6 +369,7 @@ def to_cpu(t):
 def to_numpy(t):
     """A tensor as a numpy array, whatever its device and dtype (numpy has no bf16: those become fp32).
 
+    >>> import torch
     >>> to_numpy(torch.ones(2, dtype=torch.bfloat16))
     array([1., 1.], dtype=float32)
     """

@@ -1,11 +1,13 @@
 """A small, readable training loop for lessons that compare methods by hand.
 
-It records what the lessons compare: loss per step, step time, peak memory (process RSS sampled on
+It records what the lessons compare: loss per step, step time, peak memory (``PeakMemory``: process RSS on
 CPU, ``max_memory_allocated`` on CUDA) and trainable parameters. Larger recipes use TRL/Trainer.
 
-    >>> batches = make_batches(tok, prompts, completions, batch_size=4, seq_len=64)
-    >>> result = train(model, batches, steps=12, lr=2e-4)
-    >>> result.losses[0] > result.losses[-1]
+Example::
+
+    batches = make_batches(tok, prompts, completions, batch_size=4, seq_len=64)
+    result = train(model, batches, steps=12, lr=2e-4)
+    result.losses[0] > result.losses[-1]         # True once the model learns
 """
 
 from __future__ import annotations
@@ -126,8 +128,11 @@ class PeakMemory:
     On Linux the CPU peak is the kernel's own high-water mark (exact, even for an allocation
     freed a microsecond later); elsewhere it falls back to sampling RSS every `interval_s`.
 
-    >>> with PeakMemory() as mem: work()
-    >>> mem.peak_mb, mem.baseline_mb, mem.delta_mb
+    Example::
+
+        with PeakMemory() as mem:
+            work()
+        mem.peak_mb, mem.baseline_mb, mem.delta_mb      # MB: the peak, before, and the difference
     """
 
     def __init__(self, device: str | None = None, interval_s: float = 0.005):
@@ -230,8 +235,10 @@ def evaluate_loss(model, batches: list[dict], loss_fn=lm_loss) -> float:
 
 
 def adamw(params, lr: float, weight_decay: float = 0.0, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA fp32/bf16/fp16): one kernel
-    per step instead of a loop of element-wise ops per tensor (the same update; ``fused=False`` turns it off)."""
+    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA fp32/bf16/fp16).
+
+    One kernel per step instead of a loop of element-wise ops per tensor (the same update; ``fused=False``
+    turns it off)."""
     params = list(params)
     fused = kwargs.pop("fused", None)
     if fused is None:

@@ -6,8 +6,10 @@ step fails with ``AttributeError: 'NoneType' object has no attribute 'apply'`` (
 own kernel, which is why Unsloth's path works). ``patch_trl()`` fills the empty slot with ``TorchLogProbs``,
 the same computation in ordinary differentiable torch ops. With Triton present it changes nothing.
 
-    >>> from course_utils.trl_compat import SFTTrainer, sft_config   # patched on import
-    >>> args = sft_config(output_dir="out", max_steps=8)            # bf16 off and use_cpu on the cpu profile
+Example::
+
+    from course_utils.trl_compat import SFTTrainer, sft_config   # patched on import
+    args = sft_config(output_dir="out", max_steps=8)            # on the cpu profile: use_cpu, CPU precision
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ def sft_config(**kwargs):
     """``trl.SFTConfig`` with the course's defaults: the profile's precision and device, no reports, no saves.
 
     The profile decides, not ``torch.cuda.is_available()``: ``COURSE_PROFILE=cpu`` on a GPU machine trains on the
-    CPU. TRL turns bf16 on by default even on CPU, where it measured 14× slower on an AVX2 machine and 0.6× fp32
-    on this course's Xeon (flags say avx512_bf16); ``runtime.precision_flags`` decides instead: on a CPU bf16
-    autocast only where ``runtime.cpu_bf16()`` measured it faster, on a GPU bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
-    checkpointing on by default, which recomputes activations every step (issue 18 measured a LoRA step at 1.65×
-    the plain PyTorch step with it, 1.33× without; ``python -m course_utils.bench efficiency`` measures both):
-    here it is off unless the caller asks, ``sft_config(..., gradient_checkpointing=True)``.
+    CPU. TRL turns bf16 on by default even on CPU, where it can be slower than fp32;
+    ``runtime.precision_flags`` decides instead: on a CPU bf16 autocast only where ``runtime.cpu_bf16()``
+    measured it faster, on a GPU bf16 (Ampere+) or fp16 (T4). TRL also turns gradient
+    checkpointing on by default, which recomputes activations every step (``python -m course_utils.bench
+    efficiency`` measures a step with and without it): here it is off unless the caller asks,
+    ``sft_config(..., gradient_checkpointing=True)``.
     """
     from trl import SFTConfig
 

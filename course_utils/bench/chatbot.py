@@ -106,8 +106,7 @@ def bench_ui_latency(n_trigger: int = 12, questions: list[str] | None = None) ->
 
 
 def run_benchmarks(which: list[str] | None = None) -> dict:
-    """Run the chatbot benchmarks (``writes``, ``round``, ``latency``); what ``python -m course_utils.bench
-    chatbot`` calls."""
+    """Run the chatbot benchmarks (writes, round, latency): ``python -m course_utils.bench chatbot``."""
     which = which or ["writes", "round", "latency"]
     fns = {"writes": bench_feedback_writes, "round": bench_training_round, "latency": bench_ui_latency}
     return {name: fns[name]() for name in which}

@@ -330,8 +330,10 @@ def _trl_step_s(tok, batch, gradient_checkpointing: bool, steps: int = 1 + REPEA
 
 
 def _padding_ratio(tok, model, repeats: int) -> dict:
-    """The lessons' own batches (nb01/nb02: domain_qa, batch 4, length ≤ 64): their pad share, and the LoRA step
-    over all of them padded vs padding-free (``course_utils.train.padding_free``)."""
+    """The lessons' own batches: their pad share, and the LoRA step over all of them padded vs padding-free.
+
+    The batches are nb01/nb02's (domain_qa, batch 4, length ≤ 64); padding-free is
+    ``course_utils.train.padding_free``."""
     from course_utils.data import load_rows
     from course_utils.fine_tuning import qa_pairs
     from course_utils.train import make_batches, pad_share, padding_free

@@ -67,8 +67,6 @@ class ChatbotConfig:
     r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = LORA_TARGETS
-    # one measurement (embedded SmolLM2, 4 × 128 tokens, all seven projections, one thread on a busy 2-core
-    # machine): 5.1 CPU-seconds per step with LoRA on the last 8 of 30 layers vs 8.0 with all 30
     top_layers: int | None = None
     max_new_tokens: int = 48
     system: str = SYSTEM_PROMPT
@@ -76,9 +74,10 @@ class ChatbotConfig:
 
     @classmethod
     def from_settings(cls, s=None, **overrides) -> ChatbotConfig:
-        """Sizes from the profile's ``Settings``: Korean needs about 2× the tokens of English text; a round
-        runs the profile's steps but at most two passes over its examples; on a CPU, LoRA only in the last
-        8 layers.
+        """Sizes from the profile's ``Settings``, scaled for the chatbot's rounds.
+
+        Korean needs about 2× the tokens of English text; a round runs the profile's steps but at most two
+        passes over its examples; on a CPU, LoRA only in the last 8 layers (a shorter backward pass).
 
         >>> from course_utils.runtime import settings
         >>> ChatbotConfig.from_settings(settings("cpu")).seq_len
@@ -98,8 +97,10 @@ class ChatbotConfig:
 # --------------------------------------------------------------------------- the eval gate
 
 def should_accept(live_score: float, candidate_score: float, tolerance: float) -> bool:
-    """Eval gate on held-out answer loss (lower is better): accept unless the candidate is worse than
-    the live adapter by more than ``tolerance`` (relative). A NaN/inf candidate is always rejected.
+    """Eval gate on held-out answer loss (lower is better): accept unless the candidate is clearly worse.
+
+    Clearly worse: worse than the live adapter by more than ``tolerance`` (relative). A NaN/inf candidate is
+    always rejected.
 
     >>> should_accept(2.00, 2.01, tolerance=0.01), should_accept(2.00, 2.03, tolerance=0.01)
     (True, False)
@@ -184,8 +185,10 @@ class Chatbot:
     def open(cls, root: str | Path, model, tokenizer, config: ChatbotConfig | None = None,
              eval_sets: dict | None = None, replay_pool: dict | None = None, background: bool = True,
              synchronous: str | None = None) -> Chatbot:
-        """The course set-up: store and adapters under ``root``; held-out QA and replay pool from
-        ``data/ko_tax_qa.jsonl`` (test split → eval gate, train split → replay top-up)."""
+        """The course set-up: store and adapters under ``root``, held-out QA and replay pool from the data.
+
+        The data is ``data/ko_tax_qa.jsonl``: its test split feeds the eval gate, its train split tops up
+        replay."""
         from course_utils.chatbot.store import SYNCHRONOUS
 
         config = config or ChatbotConfig.from_settings()

@@ -15,8 +15,9 @@ Durability: WAL journal + ``synchronous=NORMAL`` by default. A commit writes its
 SIGKILL right after ``add()`` returned loses nothing (``tests/test_chatbot_reliability.py`` kills writers to
 prove it). What NORMAL does not promise is the last few commits after a *power cut or OS crash*: the WAL is
 fsync'ed at checkpoints, not at every commit. ``synchronous="FULL"`` fsyncs every commit and closes that gap
-too, at about 100 single-row commits per second on this course's disk (measured by ``bench_feedback_writes``)
-— use it with ``add_many`` (one fsync per batch) when a power cut must not lose acknowledged feedback.
+too, at the price of one fsync per commit (``course_utils.bench.chatbot.bench_feedback_writes`` measures the
+rate on your disk) — use it with ``add_many`` (one fsync per batch) when a power cut must not lose
+acknowledged feedback.
 """
 
 from __future__ import annotations
@@ -296,8 +297,9 @@ class FeedbackStore:
             "ORDER BY id LIMIT ?", (validate_domain(domain), threshold, -1 if limit is None else limit))]
 
     def replay_sample(self, domain: str, k: int, threshold: float, seed: int = 0) -> list[dict]:
-        """Up to ``k`` older rows of ``domain`` that an *accepted* round trained on (rejected rounds'
-        rows are quarantined, never replayed), drawn reproducibly with ``seed``."""
+        """Up to ``k`` older rows of ``domain`` that an *accepted* round trained on, drawn with ``seed``.
+
+        Rejected rounds' rows are quarantined, never replayed; the same seed draws the same rows."""
         rows = [dict(r) for r in self._read(
             "SELECT f.* FROM feedback f JOIN rounds r ON f.used_in_training = r.id "
             "WHERE f.domain = ? AND r.status = 'accepted' AND f.quality >= ? ORDER BY f.id",
@@ -366,8 +368,10 @@ for i in range(10**9):
 
 
 def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 200, timeout_s: float = 120) -> dict:
-    """Start a process that streams feedback into ``path``, SIGKILL it after ``after`` acknowledged writes,
-    then reopen the database: which acknowledged ids are missing, and does it pass ``integrity_check``?
+    """SIGKILL a process streaming feedback into ``path``, then check the database it leaves.
+
+    The writer is killed after ``after`` acknowledged writes; the database is reopened: which acknowledged
+    ids are missing, and does it pass ``integrity_check``?
 
     Example: ``sigkill_demo("outputs/kill.db")["missing"]`` is ``[]``.
     """

@@ -2,11 +2,18 @@
 
     >>> from course_utils.exercises import nb00 as ex, ____
     >>> answer = ____              # the learner replaces the blank
-    >>> ex.q1.check(answer)        # ⬜ not attempted / ✅ correct / ❌ why not
-    >>> ex.q1.hint(); ex.q1.solution()
+    >>> ex.q1.check(answer)
+    ⬜ **Q1 🐢 parameters of a linear layer**: replace `____` with your answer, then run the cell again.
+    not attempted
+    >>> ex.q1.hint()
+    💡 **Hint (Q1 🐢 parameters of a linear layer)**: `nn.Linear(576, 1536)` stores a weight of shape (1536, 576) and a bias of 1536.
+    >>> ex.q1.check(576 * 1536 + 1536)
+    ✅ **Q1 🐢 parameters of a linear layer**: correct!
+    correct
 
-With ``COURSE_STRICT=1`` (CI) a wrong answer raises ``AssertionError``; a blank never does, so the
-notebooks run untouched in CI while the checkers themselves are tested against right and wrong answers.
+A wrong answer prints ❌ and why (``.solution()`` shows the code), and with ``COURSE_STRICT=1`` (CI) it also
+raises ``AssertionError``; a blank never does, so the notebooks run untouched in CI while the checkers
+themselves are tested against right and wrong answers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Exercises of notebook 03 (LoRA math): count LoRA parameters, write get_delta_weight, predict a merged
-output, read a measured spectrum."""
+"""Exercises of notebook 03 (LoRA math).
+
+Count LoRA parameters, write get_delta_weight, predict a merged output, read a measured spectrum."""
 
 from __future__ import annotations
 
