@@ -8,6 +8,7 @@ same number of steps and trainable parameters, on the chatbot's held-out questio
     >>> base = shared_base(bot.backend.serving)            # the chatbot's frozen weights, shared, no adapters
     >>> model = lora_model(base, r=4, lora_alpha=16, targets=LORA_TARGETS, layers=[22, ..., 29])
     >>> attach_adapters(model, layers=[22, ..., 29], bottleneck=17)   # both kinds train together
+    >>> model, b = same_budget_hybrid(shared_base(bot.backend.serving), budget, r=4, lora_alpha=8, ...)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import itertools
 import torch
 
 from course_utils.fine_tuning import decoder_layers
-from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, _apply_adapter, adapter_param_count
+from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, adapter_param_count, apply_adapter
 
 
 def shared_base(peft_model) -> torch.nn.Module:
@@ -56,7 +57,7 @@ def attach_adapters(model, layers: list[int] | None, bottleneck: int,
             if getattr(sub, "adapter", None) is not None:
                 raise ValueError(f"layer {i}.{name} already has an adapter")
             sub.adapter = BottleneckAdapter(model.config.hidden_size, bottleneck, activation).to(param.device)
-            sub.register_forward_hook(_apply_adapter)
+            sub.register_forward_hook(apply_adapter)
             added.append(sub.adapter)
     return added
 
@@ -82,3 +83,14 @@ def bottleneck_for_budget(hidden: int, n_adapters: int, budget: int) -> int:
     b = int(b)
     assert adapter_param_count(hidden, b, n_adapters, per_layer=1) <= budget
     return b
+
+
+def same_budget_hybrid(base, budget: int, r: int, lora_alpha: int, targets, layers: list[int]):
+    """LoRA (rank ``r``) plus bottleneck adapters on the same ``layers`` of ``base``, the adapters as wide as the
+    ``budget`` of trainable numbers left after LoRA's share allows; returns (model, bottleneck).
+    """
+    model = lora_model(base, r=r, lora_alpha=lora_alpha, targets=targets, layers=layers)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    b = bottleneck_for_budget(model.config.hidden_size, len(ADAPTER_POINTS) * len(layers), budget - lora)
+    attach_adapters(model, layers=layers, bottleneck=b)
+    return model, b

@@ -54,7 +54,7 @@ class BottleneckAdapter(nn.Module):
         return x + h.to(x.dtype)
 
 
-def _apply_adapter(module: nn.Module, args, output):
+def apply_adapter(module: nn.Module, args, output):
     """Forward hook: pass the sub-layer's output (the first element of a tuple) through ``module.adapter``."""
     if isinstance(output, tuple):
         return (module.adapter(output[0]), *output[1:])
@@ -88,7 +88,7 @@ def add_adapters(model, bottleneck: int = 64, activation: str = "gelu", freeze_b
     adapters = []
     for sub, _ in list(_points(model)):
         sub.adapter = BottleneckAdapter(model.config.hidden_size, bottleneck, activation).to(param.device)
-        sub.register_forward_hook(_apply_adapter)
+        sub.register_forward_hook(apply_adapter)
         adapters.append(sub.adapter)
     model._course_adapter_config = {"bottleneck": bottleneck, "activation": activation}
     return adapters
@@ -100,7 +100,7 @@ def remove_adapters(model) -> None:
         if adapter is None:
             continue
         for key, hook in list(sub._forward_hooks.items()):
-            if hook is _apply_adapter:
+            if hook is apply_adapter:
                 del sub._forward_hooks[key]
         del sub.adapter
     model.__dict__.pop("_course_adapter_config", None)

@@ -8,6 +8,7 @@ from course_utils.hybrid import (
     bottleneck_for_budget,
     lora_model,
     lora_param_count,
+    same_budget_hybrid,
     shared_base,
 )
 from course_utils.peft_methods import adapter_modules, adapter_param_count, remove_adapters
@@ -90,3 +91,14 @@ def test_parameter_budget_arithmetic_matches_the_models():
         bottleneck_for_budget(32, 6, 100)
     with pytest.raises(ValueError, match="already has an adapter"):
         attach_adapters(model, layers=[3], bottleneck=2)
+
+
+def test_same_budget_hybrid_fills_the_budget_left_after_lora():
+    lora_alone = lora_model(_tiny(), r=4, lora_alpha=8, targets=TARGETS, layers=[2, 3])
+    budget = sum(p.numel() for p in lora_alone.parameters() if p.requires_grad)
+    model, b = same_budget_hybrid(_tiny(), budget, r=2, lora_alpha=4, targets=TARGETS, layers=[2, 3])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
+    assert lora == budget // 2 and b == bottleneck_for_budget(32, 4, budget - lora)
+    assert trainable <= budget < trainable + 4 * (2 * 32 + 1), "the adapters should fill what LoRA leaves"
+    assert len(adapter_modules(model.get_base_model())) == 4
