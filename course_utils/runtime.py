@@ -426,7 +426,9 @@ def env_report() -> dict:
               **{p: _version(p) for p in REPORTED_PACKAGES}, "profile": s.profile, "device": s.device,
               "cuda": f"{gpu_name()} (sm{cap[0]}{cap[1]})" if cap else "none",
               "dtype": str(compute_dtype(s.device)).replace("torch.", "") + (
-                  " weights, bf16 autocast (measured faster here)" if autocast_dtype(s.device) is not None else ""),
+                  " weights, bf16 autocast (" + ("forced by " + CPU_BF16_ENV if os.environ.get(CPU_BF16_ENV, "").strip()
+                                                 else "measured faster here") + ")"
+                  if autocast_dtype(s.device) is not None else ""),
               "rehearsal": s.rehearsal,
               "torch threads": s.threads, "colab": in_colab(), "hf offline": is_offline()}
     return report

@@ -134,3 +134,11 @@ def test_import_has_no_side_effects():
     env = {k: v for k, v in os.environ.items() if k not in runtime.OFFLINE_VARS}
     env["COURSE_PROFILE"] = "cpu"
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def test_env_report_says_whether_bf16_autocast_was_forced_or_measured(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")
+    assert runtime.env_report()["dtype"] == "float32 weights, bf16 autocast (forced by COURSE_CPU_BF16)"
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")
+    assert runtime.env_report()["dtype"] == "float32"
