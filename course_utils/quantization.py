@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from course_utils.runtime import median_time
 
 # --------------------------------------------------------------------------- number formats
 
@@ -677,6 +676,3 @@ def quantize_dynamic_int8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Modu
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
 
-
-# nb04 times its int8 models with ``Q.time_call``: the course's one median timer under its lesson-04 name.
-time_call = median_time
