@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
 # --------------------------------------------------------------------------- number formats
 
 FLOAT_FORMATS = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16}
