@@ -213,24 +213,24 @@ def add_lora(model, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0
     return get_peft_model(model, config)
 
 
-def for_inference(model, backend: Backend | None = None):
-    """Switch to generation: eval mode and KV cache on (Unsloth: ``FastLanguageModel.for_inference``)."""
+def _switch_mode(model, backend: Backend | None, training: bool):
+    """Unsloth's ``for_training``/``for_inference``; otherwise ``train()``/``eval()`` with the KV cache off/on."""
     b = _backend(backend)
     if b.unsloth:
-        return b.FastLanguageModel.for_inference(model)
-    model.eval()
-    model.config.use_cache = True
+        return (b.FastLanguageModel.for_training if training else b.FastLanguageModel.for_inference)(model)
+    model.train(training)
+    model.config.use_cache = not training
     return model
+
+
+def for_inference(model, backend: Backend | None = None):
+    """Switch to generation: eval mode and KV cache on (Unsloth: ``FastLanguageModel.for_inference``)."""
+    return _switch_mode(model, backend, training=False)
 
 
 def for_training(model, backend: Backend | None = None):
     """Switch back to training mode (Unsloth: ``FastLanguageModel.for_training``)."""
-    b = _backend(backend)
-    if b.unsloth:
-        return b.FastLanguageModel.for_training(model)
-    model.train()
-    model.config.use_cache = False
-    return model
+    return _switch_mode(model, backend, training=True)
 
 
 def saved_adapter_dtype(adapter_dir: str | Path):

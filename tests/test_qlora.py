@@ -231,6 +231,25 @@ def test_phi3_mini_counts():
     assert qlora.lora_targets(llama_layout) == qlora.TARGET_MODULES
 
 
+def test_for_training_and_for_inference_switch_mode_and_kv_cache(monkeypatch):
+    """Without Unsloth: train()/eval() and the KV cache off/on; with it, FastLanguageModel's own switch."""
+    import types
+
+    model = torch.nn.Linear(2, 2)
+    model.config = types.SimpleNamespace(use_cache=None)
+    peft_backend = qlora.Backend("peft")
+    assert qlora.for_inference(model, peft_backend) is model and not model.training and model.config.use_cache
+    assert qlora.for_training(model, peft_backend) is model and model.training and model.config.use_cache is False
+    calls = []
+    fake = types.SimpleNamespace(for_inference=lambda m: calls.append("inference") or m,
+                                 for_training=lambda m: calls.append("training") or m)
+    monkeypatch.setattr(qlora.Backend, "FastLanguageModel", property(lambda self: fake))
+    unsloth = qlora.Backend("unsloth")
+    qlora.for_inference(model, unsloth)
+    qlora.for_training(model, unsloth)
+    assert calls == ["inference", "training"]
+
+
 def test_footprint_arithmetic_matches_bitsandbytes(tiny_checkpoint):
     from course_utils.models import load_model
 
