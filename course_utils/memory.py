@@ -308,8 +308,10 @@ class PeakMemory:
     On Linux the CPU peak is the kernel's own high-water mark (exact, even for an allocation
     freed a microsecond later); elsewhere it falls back to sampling RSS every `interval_s`.
 
-    >>> with PeakMemory() as mem: work()
-    >>> mem.peak_mb, mem.baseline_mb, mem.delta_mb
+    >>> with PeakMemory("cpu") as mem:
+    ...     x = torch.ones(2**20)   # 4 MiB
+    >>> mem.peak_mb >= mem.baseline_mb > 0 and mem.delta_mb == mem.peak_mb - mem.baseline_mb
+    True
     """
 
     def __init__(self, device: str | None = None, interval_s: float = 0.005):
