@@ -118,3 +118,17 @@ def test_notebook_inline_footprint_agrees_with_package():
     ns = run_inline("07_qlora_unsloth_translation.ipynb", "course_utils.memory footprint")
     for args in [(3_623_878_656, 197_200_896, 4.127, 2), (100, 7, 4, 4)]:
         assert ns["footprint_bytes"](*args) == memory.footprint_bytes(*args)
+
+
+def test_footprint_bytes_is_what_an_nf4_weight_and_its_16_bit_neighbours_occupy():
+    """Exact against tensors: bitsandbytes' NF4 (double quant) weight + fp16 rest = footprint_bytes + the offset."""
+    import bitsandbytes.functional as bnbf
+
+    from course_utils.quantization import bits_per_param
+
+    n = 64 * 256 * 8                                     # 8 second-level blocks
+    w = torch.randn(n // 256, 256, generator=torch.Generator().manual_seed(0))
+    packed, st = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    other = torch.zeros(1000, dtype=torch.float16)     # an embedding row, a norm: stays 16-bit
+    measured = _nbytes(packed, st.absmax, st.state2.absmax, st.offset, other)
+    assert measured == memory.footprint_bytes(n, other.numel(), bits_per_param(64, double_quant=True), 2) + 4
