@@ -47,8 +47,8 @@ notebooks: setup
 	$(NB_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks -p no:cacheprovider --durations=0 -q
 
 rehearse-gpu: setup
-	$(PY) -m course_utils.rehearsal build
-	HF_HUB_CACHE=$$($(PY) -m course_utils.rehearsal cache) $(REHEARSE_ENV) $(PY) -m pytest --nbval-lax \
+	$(PY) -m course_utils.standins build
+	HF_HUB_CACHE=$$($(PY) -m course_utils.standins cache) $(REHEARSE_ENV) $(PY) -m pytest --nbval-lax \
 	  --nbval-current-env --nbval-cell-timeout=300 notebooks -p no:cacheprovider \
 	  --durations=0 -q
 

@@ -2,7 +2,8 @@
 
 Each lesson's final definitions live here once; notebooks import earlier topics by name:
 
-    >>> from course_utils.runtime import settings, print_env
+    >>> from course_utils.preflight import print_env
+    >>> from course_utils.runtime import settings
     >>> from course_utils.models import load_model, load_tokenizer
 
 Importing the package changes nothing: the offline defaults of the cpu profile (``HF_HUB_OFFLINE=1`` …) are

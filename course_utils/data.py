@@ -10,6 +10,7 @@ Check your own file before training on it (exit code 0 when it is valid, 1 with 
 
     >>> ds = load_dataset("en_ko_translation", split="train")
     >>> ds[0]["en"], ds[0]["ko"]
+    ('Water boils at 100 degrees Celsius at sea level.', '물은 해수면 기준으로 섭씨 100도에서 끓습니다.')
 """
 
 from __future__ import annotations
@@ -22,32 +23,26 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
+SCHEMA_FILE = DATA_DIR / "schema.json"   # the one definition of every data set's fields (data/validate_data.py reads it too)
+
 # field → (type, allowed values or None, may be empty)
 Field = tuple[type, tuple | None, bool]
 SPLITS = ("train", "test")
 
-SCHEMAS: dict[str, dict[str, Field]] = {
-    "en_ko_translation": {
-        "id": (str, None, False), "en": (str, None, False), "ko": (str, None, False),
-        "domain": (str, ("science", "daily_life", "technology", "business", "culture"), False),
-        "split": (str, SPLITS, False)},
-    "instructions": {
-        "id": (str, None, False), "instruction": (str, None, False), "input": (str, None, True),
-        "output": (str, None, False),
-        "task": (str, ("translate", "summarize", "arithmetic", "classify", "extract", "rewrite", "qa"), False),
-        "lang": (str, ("ko", "en"), False), "split": (str, SPLITS, False)},
-    "ko_tax_qa": {
-        "id": (str, None, False), "question": (str, None, False), "answer": (str, None, False),
-        "domain": (str, ("tax", "accounting", "general"), False), "as_of": (str, None, False),
-        "split": (str, SPLITS, False)},
-    "general_text": {
-        "id": (str, None, False), "text": (str, None, False), "topic": (str, None, False),
-        "split": (str, SPLITS, False)},
-    "domain_qa": {
-        "id": (str, None, False), "question": (str, None, False), "answer": (str, None, False),
-        "category": (str, ("maintenance", "errors", "warranty", "settings", "orders"), False),
-        "split": (str, SPLITS, False)},
-}
+
+def _load_schemas(path: Path = SCHEMA_FILE) -> dict[str, dict[str, Field]]:
+    """``{data set: {field: (str, allowed values or None, may be empty)}}`` from ``data/schema.json``.
+
+    >>> _load_schemas()["ko_tax_qa"]["domain"]
+    (<class 'str'>, ('tax', 'accounting', 'general'), False)
+    """
+    sets = json.loads(path.read_text(encoding="utf-8"))["datasets"]
+    return {name: {f: (str, tuple(spec["allowed"]) if "allowed" in spec else None, spec.get("may_be_empty", False))
+                   for f, spec in fields.items()}
+            for name, fields in sets.items()}
+
+
+SCHEMAS: dict[str, dict[str, Field]] = _load_schemas()
 
 
 class DataError(ValueError):

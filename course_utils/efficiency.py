@@ -9,9 +9,8 @@ outside IPython (scripts, tests) each run prints its line when it ends. Its form
     machine's bf16 matmul peak (612 GFLOP/s, measured once) · bf16 autocast, fp32 weights
 
 MFU (model-FLOPs utilisation) = model FLOPs of the real (non-padding) tokens / training time / matmul peak. The
-peak is measured once per machine (fp32 and bf16 square matmuls with torch's threads, the benchmark's own probe)
-and cached in ``~/.cache/course-kit/machine-peaks.json``; ``runtime.cpu_bf16`` decides the CPU dtype from the same
-measurement. FLOPs per token count every Linear layer (the LM head included): forward 2n; backward 2n for the
+peak is measured once per machine and cached (``course_utils.peaks``); ``runtime.cpu_bf16`` decides the CPU dtype
+from the same measurement. FLOPs per token count every Linear layer (the LM head included): forward 2n; backward 2n for the
 activation gradient where anything upstream trains; + 2n for the weight gradient where the weight trains; plus
 attention (QKᵀ and AV, ×3 with backward), as ``python -m course_utils.bench efficiency`` counts them.
 In the gpu rehearsal (simulated GPU) no peak is meaningful: the line says "rehearsal" instead of an MFU.
@@ -19,117 +18,12 @@ In the gpu rehearsal (simulated GPU) no peak is meaningful: the line says "rehea
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-PEAK_N, PEAK_REPEATS = 1024, 5          # square matmul size and timed repeats of the cached peak probe
-CACHE_ENV = "COURSE_CACHE_DIR"
-
-
-# --------------------------------------------------------------------------- the machine's peak (cached)
-
-def cache_path() -> Path:
-    """``$COURSE_CACHE_DIR/machine-peaks.json`` (default ``~/.cache/course-kit/``)."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "course-kit"
-    return Path(root) / "machine-peaks.json"
-
-
-def machine_key(device: str = "cpu") -> str:
-    """What the peak depends on: the processor (or GPU), torch's threads and torch's version."""
-    import platform
-
-    import torch
-
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-        except OSError:
-            pass
-    return f"{device}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-
-
-_PEAKS: dict[str, dict] = {}
-_LOCK = threading.Lock()
-
-
-def cpu_matmul_flops(dtype, n: int = PEAK_N, repeats: int = PEAK_REPEATS) -> float:
-    """FLOP/s of one CPU core on an n×n matmul in ``dtype``, by the thread's CPU time (best of ``repeats``).
-
-    CPU time, not wall time: on a shared machine other processes pause this one, which a wall clock would count
-    (on this course's 2-core machine under a load of 17, wall-clock probes read 10× low and even flipped the
-    bf16/fp32 order); the CPU time a matmul consumes does not depend on the load.
-    """
-    import time
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        g = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
-        torch.mm(a, b)  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.thread_time()
-            torch.mm(a, b)
-            best = min(best, time.thread_time() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * n ** 3 / max(best, 1e-9)
-
-
-def measure_peaks(device: str = "cpu") -> dict:
-    """{"fp32": FLOP/s, "bf16": FLOP/s} of square matmuls on ``device``.
-
-    On a CPU one core's (CPU time) × torch's threads; on a GPU the benchmark's ``matmul_flops`` (wall time,
-    synchronized)."""
-    import torch
-
-    if device == "cuda":
-        from course_utils.bench.efficiency import matmul_flops
-
-        return {d: matmul_flops(getattr(torch, t), n=PEAK_N, repeats=PEAK_REPEATS, device="cuda")
-                for d, t in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))}
-    threads = torch.get_num_threads()
-    return {"fp32": threads * cpu_matmul_flops(torch.float32), "bf16": threads * cpu_matmul_flops(torch.bfloat16),
-            "how": f"one core's matmul by CPU time ({PEAK_N}², best of {PEAK_REPEATS}) × {threads} threads"}
-
-
-def machine_peaks(device: str = "cpu", measure=None) -> dict:
-    """The matmul peaks of this machine: measured once, then read from the cache (per machine key).
-
-    ``measure(device) -> {"fp32", "bf16"}`` replaces the measurement (tests pass fake numbers).
-    """
-    key = machine_key(device)
-    with _LOCK:
-        if key in _PEAKS:
-            return _PEAKS[key]
-        path = cache_path()
-        try:
-            cached = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if not isinstance(cached.get(key), dict):
-            cached[key] = (measure or measure_peaks)(device)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(cached, indent=1))
-                tmp.replace(path)
-            except OSError:
-                pass  # a read-only home: measured again next session
-        _PEAKS[key] = cached[key]
-        return _PEAKS[key]
-
+from course_utils import peaks as _peaks  # the module; ``peaks`` below is a dict of FLOP/s
 
 # --------------------------------------------------------------------------- FLOPs of a model
 
@@ -181,6 +75,7 @@ class Run:
     checkpointing_cost: float | None = None   # forward+backward time with / without gradient checkpointing
 
 
+_LOCK = threading.Lock()
 _PENDING: list[Run] = []
 _HOOKED = False
 
@@ -219,7 +114,7 @@ def _peaks_for(runs: list[Run]) -> dict | None:
 
     if rehearsing() or not runs:
         return None
-    return machine_peaks(runs[0].device)
+    return _peaks.machine_peaks(runs[0].device)
 
 
 def _in_ipython():
@@ -315,7 +210,7 @@ def _trainer_callback_class():
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             import time
 
-            from course_utils.train import PeakMemory
+            from course_utils.memory import PeakMemory
 
             self._time = time.perf_counter
             dtype = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else None

@@ -1,9 +1,12 @@
 """Training memory arithmetic (notebooks 01, 07, 10 and the preflight): bytes per weight, gradient, optimizer
-state and activation for full fine-tuning, LoRA and QLoRA, from a model's shape.
+state and activation for full fine-tuning, LoRA and QLoRA, from a model's shape or parameter counts.
 
-The NF4 bytes per weight derive from ``course_utils.quantization.bits_per_param`` (notebook 04); the
-per-GPU sharding of notebook 10 (``course_utils.scaling``) and QLoRA's whole-model footprint
-(``course_utils.qlora.footprint_bytes``) use the same constant.
+Every byte count derives from a few definitions here: the sizes of fp32 and 16-bit values (from torch),
+AdamW's two moments, and NF4's bytes per weight (from ``course_utils.quantization.bits_per_param``,
+notebook 04). Built on them: ``memory_breakdown`` (a model shape), ``Precision`` and ``training_state_bytes``
+(the per-state bytes that notebook 10's sharding, ``course_utils.scaling``, divides among GPUs), QLoRA's
+whole-model ``footprint_bytes`` and AdamW's ``adamw_state_bytes`` (notebook 07), each checked against
+tensors that exist (``state_bytes``, ``saved_activation_bytes``) or the process's peak (``PeakMemory``).
 
 >>> shape = ModelShape("toy", layers=2, hidden=8, intermediate=16, heads=2, kv_dim=8, vocab=32)
 >>> shape.linear_params, shape.lora_params(4)
@@ -12,12 +15,19 @@ per-GPU sharding of notebook 10 (``course_utils.scaling``) and QLoRA's whole-mod
 
 from __future__ import annotations
 
+import math
+import os
+import threading
 from dataclasses import dataclass
 
 import torch
 
 from course_utils.quantization import bits_per_param
 
+FP32_BYTES = torch.finfo(torch.float32).bits // 8    # 4: fp32 weights, master copies, Adam moments, absmax
+HALF_BYTES = torch.finfo(torch.bfloat16).bits // 8   # 2: a bf16 (or fp16) weight or gradient
+ADAMW_MOMENTS = 2                                    # AdamW keeps m and v per trained weight
+ADAMW_BYTES = ADAMW_MOMENTS * FP32_BYTES             # 8: both moments in fp32
 # NF4 with double quantization: 4 bits per weight, one 8-bit absmax per block of 64 weights, and one fp32
 # scale per 256 absmax values (Dettmers et al. 2023, QLoRA, §3) → 0.5 + 1/64 + 4/(64·256) bytes per weight.
 NF4_DQ_BYTES = bits_per_param(64, double_quant=True) / 8
@@ -128,8 +138,8 @@ def memory_breakdown(shape: ModelShape, method: str = "full", *, batch: int = 1,
     P, act_bytes = shape.params, act_bytes or weight_bytes
     acts = float(activation_values(shape, method, r, checkpointing) * batch * seq_len * act_bytes)
     if method == "full":
-        master = 4 if weight_bytes < 4 else 0
-        states = 8 + master if mixed_precision else 2 * weight_bytes
+        master = FP32_BYTES if weight_bytes < FP32_BYTES else 0
+        states = ADAMW_BYTES + master if mixed_precision else ADAMW_MOMENTS * weight_bytes
         out = {"weights": P * weight_bytes, "grads": P * weight_bytes, "optimizer": P * states}
     else:
         n = shape.lora_params(r)
@@ -137,11 +147,98 @@ def memory_breakdown(shape: ModelShape, method: str = "full", *, batch: int = 1,
             base = P * weight_bytes
         else:  # qlora
             base = shape.linear_params * NF4_DQ_BYTES + (P - shape.linear_params) * weight_bytes
-        out = {"weights": base + 4 * n, "grads": 4 * n, "optimizer": 8 * n}
+        out = {"weights": base + FP32_BYTES * n, "grads": FP32_BYTES * n, "optimizer": ADAMW_BYTES * n}
     out = {k: float(v) for k, v in out.items()}
     out["activations"] = acts
     out["total"] = sum(out.values())
     return out
+
+
+# --------------------------------------------------------------------------- bytes per parameter of each state
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter of each training state."""
+
+    weight: float = float(HALF_BYTES)                    # bf16 working copy
+    grad: float = float(HALF_BYTES)                      # bf16 gradient
+    optimizer: float = float(FP32_BYTES + ADAMW_BYTES)   # fp32 master copy + Adam m + v
+    frozen: float = float(HALF_BYTES)                    # a weight that is not trained (bf16; ``NF4_DQ_BYTES`` for NF4)
+
+
+MIXED_ADAMW = Precision()   # 2 + 2 + 12 = 16 bytes per trained parameter (the ZeRO paper's accounting)
+FP32_ADAMW = Precision(weight=float(FP32_BYTES), grad=float(FP32_BYTES), optimizer=float(ADAMW_BYTES),
+                       frozen=float(FP32_BYTES))  # no master copy: m and v only
+NF4_BASE = Precision(frozen=NF4_DQ_BYTES)  # QLoRA: the frozen base in NF4 with double quantization (≈ 0.516 B)
+
+
+def training_state_bytes(total_params: float, trainable_params: float | None = None,
+                         precision: Precision = MIXED_ADAMW) -> dict[str, float]:
+    """Bytes of weights, gradients and optimizer states on one device, unsharded (activations excluded).
+
+    ``trainable_params`` defaults to all (full fine-tuning); with LoRA it is the adapter size and the rest of
+    the weights are frozen (stored at ``precision.frozen`` bytes, no gradient, no optimizer state).
+
+    >>> training_state_bytes(1e9)   # full fine-tuning, mixed precision: 2 + 2 + 12 bytes per parameter
+    {'weights': 2000000000.0, 'gradients': 2000000000.0, 'optimizer': 12000000000.0}
+    """
+    trainable = total_params if trainable_params is None else trainable_params
+    frozen = total_params - trainable
+    return {"weights": trainable * precision.weight + frozen * precision.frozen,
+            "gradients": trainable * precision.grad, "optimizer": trainable * precision.optimizer}
+
+
+def footprint_bytes(n_quantized: int, n_other: int, bits_quantized: float = 4.0, bytes_other: float = 2.0) -> float:
+    """Weight memory in bytes: quantized Linear weights at ``bits_quantized`` bits, the rest at ``bytes_other``.
+
+    Bits per NF4 weight come from notebook 04: ``course_utils.quantization.bits_per_param(64, double_quant=True)``
+    = 4 + 8/64 + 32/(64·256) ≈ 4.127 (4-bit code + double-quantized block scale).
+
+    >>> round(footprint_bytes(3_623_878_656, 197_200_896, bits_per_param(64, double_quant=True), 2) / 1e9, 3)
+    2.264
+    """
+    return n_quantized * bits_quantized / 8 + n_other * bytes_other
+
+
+def adamw_state_bytes(numels: list[int], bits: int = 32, blocksize: int = 256, min_8bit_size: int = 4096) -> int:
+    """AdamW's state for tensors of ``numels`` elements: two moments per weight (and torch's step counter).
+
+    32-bit (``torch.optim.AdamW``): 4 + 4 bytes per weight, plus a 4-byte ``step`` tensor per parameter.
+    8-bit (``bnb.optim.AdamW8bit``): 1 + 1 bytes per weight plus one fp32 absmax per block of ``blocksize`` for
+    each moment, and the two 256-entry fp32 code tables once (if any tensor is 8-bit); tensors under ``min_8bit_size`` elements keep
+    32-bit moments (no step tensor: bitsandbytes counts steps in Python).
+
+    >>> adamw_state_bytes([4096], 32), adamw_state_bytes([4096], 8)
+    (32772, 10368)
+    """
+    if bits == 32:
+        return sum(ADAMW_BYTES * n + FP32_BYTES for n in numels)
+    if bits != 8:
+        raise ValueError(f"bits={bits}: expected 32 or 8")
+    code_tables = ADAMW_MOMENTS * 256 * FP32_BYTES if any(n >= min_8bit_size for n in numels) else 0
+    total = code_tables
+    for n in numels:   # 8-bit moments: 1 byte each, plus an fp32 absmax per block for each moment
+        total += (ADAMW_MOMENTS * n + ADAMW_MOMENTS * FP32_BYTES * math.ceil(n / blocksize) if n >= min_8bit_size
+                  else ADAMW_BYTES * n)
+    return total
+
+
+# --------------------------------------------------------------------------- measured from tensors that exist
+
+def state_bytes(optimizer) -> int:
+    """Bytes of every tensor in an optimizer's state, each storage counted once (bnb shares its code tables).
+
+    >>> p = torch.nn.Parameter(torch.ones(10)); p.grad = torch.ones(10)
+    >>> opt = torch.optim.AdamW([p]); opt.step(); state_bytes(opt)   # m, v (10 fp32 each) and the step counter
+    84
+    """
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for t in state.values():
+            if torch.is_tensor(t) and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
 
 
 def gib(nbytes: float) -> float:
@@ -169,3 +266,106 @@ def saved_activation_bytes(model, batch: dict) -> int:
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
+
+
+# --------------------------------------------------------------------------- peak memory of a block (measured)
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB."""
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def _reset_rss_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # "5" resets VmHWM to the current RSS (see proc(5))
+        return True
+    except OSError:
+        return False
+
+
+def rss_high_water_mb() -> float | None:
+    """Peak resident memory since the last reset in MB (Linux VmHWM), or None where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB → MB
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Context manager measuring peak memory in MB: CUDA allocator peak, or peak RSS on CPU.
+
+    ``device`` defaults to the profile's (``runtime.settings().device``). In the rehearsal the GPU is simulated
+    and its tensors live in RAM, so there the peak is RSS too.
+
+    On Linux the CPU peak is the kernel's own high-water mark (exact, even for an allocation
+    freed a microsecond later); elsewhere it falls back to sampling RSS every `interval_s`.
+
+    >>> with PeakMemory("cpu") as mem:
+    ...     x = torch.ones(2**20)   # 4 MiB
+    >>> mem.peak_mb >= mem.baseline_mb > 0 and mem.delta_mb == mem.peak_mb - mem.baseline_mb
+    True
+    """
+
+    def __init__(self, device: str | None = None, interval_s: float = 0.005):
+        from course_utils.runtime import real_cuda, settings
+
+        self.device = device or settings().device
+        self._cuda = self.device == "cuda" and real_cuda()
+        self.interval_s = interval_s
+        self.baseline_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._kernel_hwm = False
+
+    _active: list[PeakMemory] = []  # open CPU measurements, outermost first
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        if self._cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline_mb = torch.cuda.memory_allocated() / 2**20
+        else:
+            # Resetting the counter would erase an enclosing PeakMemory's peak: hand it over first.
+            self._share_peak(rss_high_water_mb())
+            self._kernel_hwm = _reset_rss_high_water_mark() and rss_high_water_mb() is not None
+            PeakMemory._active.append(self)
+            self.baseline_mb = self.peak_mb = rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            if self._kernel_hwm:
+                self.peak_mb = max(self.peak_mb, rss_high_water_mb() or 0.0)
+            PeakMemory._active.remove(self)
+            self._share_peak(self.peak_mb)
+
+    @staticmethod
+    def _share_peak(mb: float | None) -> None:
+        for outer in PeakMemory._active:
+            if outer._kernel_hwm and mb is not None:
+                outer.peak_mb = max(outer.peak_mb, mb)
+
+    @property
+    def delta_mb(self) -> float:
+        """Peak above the memory in use when the block started."""
+        return self.peak_mb - self.baseline_mb

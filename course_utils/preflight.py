@@ -3,7 +3,8 @@
 Three parts, each testable on its own: ``probe()`` reads the hardware into ``Facts`` (tests pass fake ones),
 ``preflight()`` turns facts into a ``Report`` — the profile, device and dtype come from ``course_utils.runtime``
 (the course's one decision), each notebook's memory from ``course_utils.memory.memory_breakdown`` (the course's
-own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words.
+own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words. ``print_env()``,
+the first cell of every notebook, prints the environment report with this notebook's preflight line.
 
     >>> laptop = Facts("Example CPU", cores=2, ram_total=32 * GiB, ram_free=20 * GiB)   # probe(): this machine's
     >>> print(preflight_line("07", facts=laptop, profile="cpu"))     # a setup cell: one line for notebook 07
@@ -18,7 +19,7 @@ the training memory of the one it trains), plus the Python process on a CPU. It 
 formulas, not a measurement; on the cpu profile it was checked against each notebook's peak RSS (see
 ``CPU_PROCESS_BYTES``).
 
-Why one module of ~490 lines: most of it is the per-notebook table of heaviest steps, data that belongs
+Why one module of ~520 lines: most of it is the per-notebook table of heaviest steps, data that belongs
 together with the one formula that prices it.
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from course_utils import runtime
 from course_utils.memory import PHI3_MINI, ModelShape, gib, memory_breakdown
@@ -503,3 +504,27 @@ def preflight_line(notebook: str | None = None, facts: Facts | None = None, prof
 
 if __name__ == "__main__":
     print_preflight()
+
+
+def print_env() -> dict:
+    """Print the environment report (first cell of every notebook) and return it.
+
+    It first installs the course's filters for known harmless library messages (``course_utils.quiet``), so that
+    they are in place before bitsandbytes, peft or Unsloth are imported; then every training cell's efficiency
+    line (``course_utils.efficiency.install``); then ``runtime.env_report()``, the profile's sizes and this
+    notebook's preflight line. It lives here, above ``runtime``, because it calls on those modules.
+    """
+    from course_utils.quiet import quiet_known_warnings
+
+    quiet_known_warnings()
+    from course_utils.efficiency import install
+
+    install()  # every training cell prints one efficiency line
+    report = runtime.env_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}} : {value}")
+    print("sizes".ljust(width), ":", {k: v for k, v in asdict(runtime.settings()).items()
+                                        if k not in ("profile", "device", "threads", "rehearsal")})
+    print("preflight".ljust(width), ":", preflight_line())  # notebook 00 prints the whole preflight
+    return report

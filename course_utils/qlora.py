@@ -10,8 +10,8 @@ when it cannot; the helpers then make the same calls either way:
 | ``for_inference`` / ``for_training`` | ``FastLanguageModel.for_inference`` / ``for_training`` | ``eval()`` + KV cache / ``train()`` |
 | ``export_merged`` | ``model.save_pretrained_merged(..., "merged_16bit")`` | 16-bit base + adapter → ``merge_and_unload`` |
 
-Also: chat-format training examples, batched greedy translation with chrF, whole-model NF4 footprints
-(bits per weight from ``course_utils.quantization``), LoRA parameter counts (formula from ``course_utils.lora_math``), and the architecture that ``course_utils.bench.qlora`` benchmarks (plain QLoRA vs Unsloth QLoRA on Phi-3-mini).
+Also: chat-format training examples, batched greedy translation with chrF, what NF4 stores (its arithmetic:
+``course_utils.memory.footprint_bytes``, ``adamw_state_bytes``), LoRA parameter counts (formula from ``course_utils.lora_math``), and the architecture that ``course_utils.bench.qlora`` benchmarks (plain QLoRA vs Unsloth QLoRA on Phi-3-mini).
 
 Example::
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
 import re
 import time
@@ -218,24 +217,24 @@ def add_lora(model, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0
     return get_peft_model(model, config)
 
 
-def for_inference(model, backend: Backend | None = None):
-    """Switch to generation: eval mode and KV cache on (Unsloth: ``FastLanguageModel.for_inference``)."""
+def _switch_mode(model, backend: Backend | None, training: bool):
+    """Unsloth's ``for_training``/``for_inference``; otherwise ``train()``/``eval()`` with the KV cache off/on."""
     b = _backend(backend)
     if b.unsloth:
-        return b.FastLanguageModel.for_inference(model)
-    model.eval()
-    model.config.use_cache = True
+        return (b.FastLanguageModel.for_training if training else b.FastLanguageModel.for_inference)(model)
+    model.train(training)
+    model.config.use_cache = not training
     return model
+
+
+def for_inference(model, backend: Backend | None = None):
+    """Switch to generation: eval mode and KV cache on (Unsloth: ``FastLanguageModel.for_inference``)."""
+    return _switch_mode(model, backend, training=False)
 
 
 def for_training(model, backend: Backend | None = None):
     """Switch back to training mode (Unsloth: ``FastLanguageModel.for_training``)."""
-    b = _backend(backend)
-    if b.unsloth:
-        return b.FastLanguageModel.for_training(model)
-    model.train()
-    model.config.use_cache = False
-    return model
+    return _switch_mode(model, backend, training=True)
 
 
 def saved_adapter_dtype(adapter_dir: str | Path):
@@ -489,7 +488,7 @@ def step_timer():
     return StepTimer()
 
 
-# --------------------------------------------------------------------------- seen vs unseen, optimizer state, LoftQ
+# --------------------------------------------------------------------------- seen vs unseen, LoftQ
 
 def seen_mix(rows: list[dict], n_seen: int, repeats: int, n_total: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(seen rows, training rows): the ``n_seen`` shortest rows repeated ``repeats`` times, topped up to ``n_total``.
@@ -504,37 +503,6 @@ def seen_mix(rows: list[dict], n_seen: int, repeats: int, n_total: int, seed: in
     rest = max(0, n_total - n_seen * repeats)
     fill = random.Random(seed).sample(others, min(rest, len(others)))
     return seen, seen * repeats + fill
-
-
-def state_bytes(optimizer) -> int:
-    """Bytes of every tensor in an optimizer's state, each storage counted once (bnb shares its code tables)."""
-    import torch
-
-    seen, total = set(), 0
-    for state in optimizer.state.values():
-        for t in state.values():
-            if torch.is_tensor(t) and t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
-    return total
-
-
-def adamw_state_bytes(numels: list[int], bits: int = 32, blocksize: int = 256, min_8bit_size: int = 4096) -> int:
-    """AdamW's state for tensors of ``numels`` elements: two moments per weight (and torch's step counter).
-
-    32-bit (``torch.optim.AdamW``): 4 + 4 bytes per weight, plus a 4-byte ``step`` tensor per parameter.
-    8-bit (``bnb.optim.AdamW8bit``): 1 + 1 bytes per weight plus one fp32 absmax per block of ``blocksize`` for
-    each moment, and the two 256-entry fp32 code tables once (if any tensor is 8-bit); tensors under ``min_8bit_size`` elements keep
-    32-bit moments (no step tensor: bitsandbytes counts steps in Python).
-    """
-    if bits == 32:
-        return sum(8 * n + 4 for n in numels)
-    if bits != 8:
-        raise ValueError(f"bits={bits}: expected 32 or 8")
-    total = 2 * 256 * 4 if any(n >= min_8bit_size for n in numels) else 0  # code tables, if any tensor is 8-bit
-    for n in numels:
-        total += 2 * n + 2 * 4 * math.ceil(n / blocksize) if n >= min_8bit_size else 8 * n
-    return total
 
 
 def nf4_roundtrip(weight, blocksize: int = 64):
@@ -616,19 +584,7 @@ def folder_mb(path: str | Path) -> float:
     return dir_size_bytes(path) / 2**20
 
 
-# --------------------------------------------------------------------------- footprint arithmetic
-
-def footprint_bytes(n_quantized: int, n_other: int, bits_quantized: float = 4.0, bytes_other: float = 2.0) -> float:
-    """Weight memory in bytes: quantized Linear weights at ``bits_quantized`` bits, the rest at ``bytes_other``.
-
-    Bits per NF4 weight come from notebook 04: ``course_utils.quantization.bits_per_param(64, double_quant=True)``
-    = 4 + 8/64 + 32/(64·256) ≈ 4.127 (4-bit code + double-quantized block scale).
-
-    >>> footprint_bytes(3_623_878_656, 197_200_896, bits_per_param(64, double_quant=True), 2) / 1e9  # Phi-3-mini
-    2.263…
-    """
-    return n_quantized * bits_quantized / 8 + n_other * bytes_other
-
+# --------------------------------------------------------------------------- what NF4 stores (the arithmetic: course_utils.memory)
 
 def param_split(model) -> tuple[int, int]:
     """(weights bitsandbytes quantizes, all other parameters) of a model (works on 4-bit and meta models).

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from course_utils.runtime import median_time
-
 # --------------------------------------------------------------------------- number formats
 
 FLOAT_FORMATS = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16}
@@ -696,6 +694,3 @@ def quantize_dynamic_int8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Modu
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
 
-
-# nb04 times its int8 models with ``Q.time_call``: the course's one median timer under its lesson-04 name.
-time_call = median_time

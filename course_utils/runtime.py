@@ -15,7 +15,7 @@ import os
 import platform
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def cpu_bf16(measure=None) -> bool:
     """True when training on this CPU runs its matmuls in bf16 (``torch.autocast("cpu")``, fp32 master weights).
 
     Decided by a measurement, not by CPU flags: bf16 and fp32 square matmuls timed once per machine (cached with the
-    efficiency line's peak, ``course_utils.efficiency.machine_peaks``); bf16 is used where it measures
+    efficiency line's peak, ``course_utils.peaks.machine_peaks``); bf16 is used where it measures
     ≥ ``CPU_BF16_MIN_SPEEDUP``× fp32 (an AVX2-only CPU emulates bf16 and is slower than fp32).
     ``COURSE_CPU_BF16=1``/``0`` overrides. ``measure(device) -> {"fp32", "bf16"}`` fakes the measurement (tests).
     """
@@ -197,7 +197,7 @@ def cpu_bf16(measure=None) -> bool:
         return forced in {"1", "true", "yes", "on"}
     if forced:
         raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 autocast) or 0 (fp32)")
-    from course_utils.efficiency import machine_peaks
+    from course_utils.peaks import machine_peaks
 
     peaks = machine_peaks("cpu", measure=measure)
     return peaks["bf16"] >= CPU_BF16_MIN_SPEEDUP * peaks["fp32"]
@@ -419,7 +419,7 @@ REPORTED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accele
 
 
 def env_report() -> dict:
-    """Versions, device, profile and offline state as a dict (what ``print_env`` shows)."""
+    """Versions, device, profile and offline state as a dict (what ``preflight.print_env`` shows)."""
     s = settings()
     cap = cuda_capability()
     report = {"python": platform.python_version(), "platform": platform.platform(terse=True),
@@ -431,28 +431,4 @@ def env_report() -> dict:
                   if autocast_dtype(s.device) is not None else ""),
               "rehearsal": s.rehearsal,
               "torch threads": s.threads, "colab": in_colab(), "hf offline": is_offline()}
-    return report
-
-
-def print_env() -> dict:
-    """Print the environment report (first cell of every notebook) and return it.
-
-    It first installs the course's filters for known harmless library messages (``course_utils.quiet``), so that
-    they are in place before bitsandbytes, peft or Unsloth are imported.
-    """
-    from course_utils.quiet import quiet_known_warnings
-
-    quiet_known_warnings()
-    from course_utils.efficiency import install
-
-    install()  # every training cell prints one efficiency line
-    report = env_report()
-    width = max(map(len, report))
-    for key, value in report.items():
-        print(f"{key:<{width}} : {value}")
-    print("sizes".ljust(width), ":", {k: v for k, v in asdict(settings()).items()
-                                        if k not in ("profile", "device", "threads", "rehearsal")})
-    from course_utils.preflight import preflight_line
-
-    print("preflight".ljust(width), ":", preflight_line())  # notebook 00 prints the whole preflight
     return report

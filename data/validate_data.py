@@ -21,19 +21,15 @@ import sys
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent
+SCHEMA_FILE = DATA_DIR / "schema.json"   # fields and allowed values, shared with course_utils/data.py
 
 # --------------------------------------------------------------------------
-# Specification of each file
+# Specification of each file: the checks a schema cannot express; _specs adds
+# the fields, may-be-empty fields and allowed values from schema.json.
 # --------------------------------------------------------------------------
-SPECS = {
+CHECKS = {
     "en_ko_translation.jsonl": {
         "id_prefix": "enko",
-        "fields": ["id", "en", "ko", "domain", "split"],
-        "may_be_empty": [],
-        "enums": {
-            "domain": {"science", "daily_life", "technology", "business", "culture"},
-            "split": {"train", "test"},
-        },
         "unique_text": ["en", "ko"],
         "min_rows": 320,
         "test_total": 40,
@@ -43,14 +39,6 @@ SPECS = {
     },
     "instructions.jsonl": {
         "id_prefix": "inst",
-        "fields": ["id", "instruction", "input", "output", "task", "lang", "split"],
-        "may_be_empty": ["input"],
-        "enums": {
-            "task": {"translate", "summarize", "arithmetic", "classify",
-                     "extract", "rewrite", "qa"},
-            "lang": {"ko", "en"},
-            "split": {"train", "test"},
-        },
         "unique_text": [],
         "unique_combo": [("instruction", "input")],
         "min_rows": 220,
@@ -61,12 +49,6 @@ SPECS = {
     },
     "ko_tax_qa.jsonl": {
         "id_prefix": "tax",
-        "fields": ["id", "question", "answer", "domain", "as_of", "split"],
-        "may_be_empty": [],
-        "enums": {
-            "domain": {"tax", "accounting", "general"},
-            "split": {"train", "test"},
-        },
         "unique_text": ["question"],
         "min_rows": 160,
         "test_total": 30,
@@ -75,9 +57,6 @@ SPECS = {
     },
     "general_text.jsonl": {
         "id_prefix": "gen",
-        "fields": ["id", "text", "topic", "split"],
-        "may_be_empty": [],
-        "enums": {"split": {"train", "test"}},
         "unique_text": ["text"],
         "min_rows": 60,
         "test_total": 20,
@@ -85,18 +64,31 @@ SPECS = {
     },
     "domain_qa.jsonl": {
         "id_prefix": "dqa",
-        "fields": ["id", "question", "answer", "category", "split"],
-        "may_be_empty": [],
-        "enums": {
-            "category": {"maintenance", "errors", "warranty", "settings", "orders"},
-            "split": {"train", "test"},
-        },
         "unique_text": ["question"],
         "min_rows": 120,
         "test_total": 24,
         "group_field": "category",
     },
 }
+
+
+def _specs(checks: dict, schema_file: Path = SCHEMA_FILE) -> dict:
+    """CHECKS plus each file's fields, may-be-empty fields and allowed values from the one schema (schema.json)."""
+    sets = json.loads(schema_file.read_text(encoding="utf-8"))["datasets"]
+    if sorted(sets) != sorted(f[: -len(".jsonl")] for f in checks):
+        raise SystemExit(f"{schema_file.name} and CHECKS name different data sets")
+    specs = {}
+    for fname, extra in checks.items():
+        fields = sets[fname[: -len(".jsonl")]]
+        specs[fname] = {"fields": list(fields),
+                        "may_be_empty": [f for f, s in fields.items() if s.get("may_be_empty", False)],
+                        "enums": {f: set(s["allowed"]) for f, s in fields.items() if "allowed" in s},
+                        **extra}
+    return specs
+
+
+SPECS = _specs(CHECKS)
+
 
 # A sentence the course requires in the translation test split.
 REQUIRED_TEST_SENTENCE = ("Acephala have no head and instead have well-developed feet "

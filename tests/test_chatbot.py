@@ -15,8 +15,10 @@ import torch
 from notebook_cells import run_inline
 
 from course_utils.chatbot import bot as cb
+from course_utils.chatbot import config as cb_config
 from course_utils.chatbot.backend import LoraBackend, fit_prompt
-from course_utils.chatbot.bot import Chatbot, ChatbotConfig, should_accept
+from course_utils.chatbot.bot import Chatbot, should_accept
+from course_utils.chatbot.config import ChatbotConfig
 from course_utils.chatbot.registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
 from course_utils.chatbot.store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
 from course_utils.models import chat_prompt
@@ -308,7 +310,7 @@ def test_temporary_leftovers_are_not_versions_and_get_cleaned(tmp_path):
 
 def test_default_trigger_is_50_and_fires_exactly_at_50(tmp_path):
     bot = make_bot(tmp_path)
-    assert bot.config.n_trigger == cb.DEFAULT_N_TRIGGER == 50
+    assert bot.config.n_trigger == cb_config.DEFAULT_N_TRIGGER == 50
     feed(bot, 49)
     feed(bot, 30, quality=0.3)  # below the quality threshold: never counted
     feed(bot, 30, domain="accounting")
@@ -454,11 +456,11 @@ def test_guess_domain_routes_most_dataset_questions():
 def test_fit_prompt_leaves_room_for_the_answer(tok):
     long_q = "일반과세자의 부가가치세 예정신고와 확정신고 기한은 각각 언제인가요? " * 20
     for seq_len in (48, 128):
-        p = fit_prompt(tok, long_q, cb.SYSTEM_PROMPT, seq_len)
+        p = fit_prompt(tok, long_q, cb_config.SYSTEM_PROMPT, seq_len)
         assert len(tok(p, add_special_tokens=False)["input_ids"]) <= seq_len - seq_len // 3
         assert p.endswith("<|im_start|>assistant\n") and "…" in p
-    short = fit_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT, 128)
-    assert short == chat_prompt(tok, "복식부기란?", cb.SYSTEM_PROMPT) and "…" not in short
+    short = fit_prompt(tok, "복식부기란?", cb_config.SYSTEM_PROMPT, 128)
+    assert short == chat_prompt(tok, "복식부기란?", cb_config.SYSTEM_PROMPT) and "…" not in short
 
 
 def test_config_from_settings():

@@ -208,3 +208,23 @@ def test_data_card_validator_passes():
 
     out = subprocess.run([sys.executable, str(data.DATA_DIR / "validate_data.py")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_validator_and_loader_read_one_schema():
+    """data/validate_data.py's SPECS and data.SCHEMAS agree field by field (both read data/schema.json)."""
+    import importlib.util
+
+    from course_utils.chatbot.store import DOMAINS
+
+    spec = importlib.util.spec_from_file_location("validate_data", data.DATA_DIR / "validate_data.py")
+    vd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vd)
+    assert sorted(vd.SPECS) == sorted(f"{name}.jsonl" for name in data.SCHEMAS)
+    for name, schema in data.SCHEMAS.items():
+        s = vd.SPECS[f"{name}.jsonl"]
+        assert s["fields"] == list(schema), name
+        assert all(typ is str for typ, _, _ in schema.values()), "validate_data.py checks strings only"
+        assert s["may_be_empty"] == [f for f, (_, _, empty) in schema.items() if empty], name
+        assert s["enums"] == {f: set(allowed) for f, (_, allowed, _) in schema.items() if allowed is not None}, name
+        assert schema["split"][1] == data.SPLITS, name
+    assert DOMAINS == data.SCHEMAS["ko_tax_qa"]["domain"][1], "the capstone's domains are the data set's"

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from course_utils import efficiency, runtime
+from course_utils import efficiency, peaks, runtime
 from course_utils.bench.efficiency import Shape, flops_per_token, matmul_params
 
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty peak cache for this test (file and in-process memo), restored afterwards."""
-    monkeypatch.setenv(efficiency.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(efficiency, "_PEAKS", {})
+    monkeypatch.setenv(peaks.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(peaks, "_PEAKS", {})
     return tmp_path
 
 
@@ -36,7 +36,7 @@ def test_cpu_bf16_is_decided_by_the_measurement(fresh_cache, monkeypatch, bf16, 
 
 def test_the_env_override_wins_over_the_measurement(fresh_cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(efficiency, "measure_peaks", _fake(1e11, 1e9, calls))
+    monkeypatch.setattr(peaks, "measure_peaks", _fake(1e11, 1e9, calls))
     monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")
     assert runtime.cpu_bf16() and runtime.precision_flags("cpu")["bf16"]
     monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")
@@ -49,14 +49,14 @@ def test_the_env_override_wins_over_the_measurement(fresh_cache, monkeypatch):
 
 def test_the_peak_is_measured_once_and_cached_on_disk(fresh_cache, monkeypatch):
     calls = []
-    assert efficiency.machine_peaks("cpu", measure=_fake(2e11, 8e11, calls))["bf16"] == 8e11
-    monkeypatch.setattr(efficiency, "_PEAKS", {})                  # a new session: read from the file
-    assert efficiency.machine_peaks("cpu", measure=_fake(1.0, 1.0, calls)) == {"fp32": 2e11, "bf16": 8e11}
-    assert calls == ["cpu"] and efficiency.cache_path().is_relative_to(fresh_cache)
+    assert peaks.machine_peaks("cpu", measure=_fake(2e11, 8e11, calls))["bf16"] == 8e11
+    monkeypatch.setattr(peaks, "_PEAKS", {})                  # a new session: read from the file
+    assert peaks.machine_peaks("cpu", measure=_fake(1.0, 1.0, calls)) == {"fp32": 2e11, "bf16": 8e11}
+    assert calls == ["cpu"] and peaks.cache_path().is_relative_to(fresh_cache)
 
 
 def test_cpu_time_probe_measures_a_positive_rate():
-    assert efficiency.cpu_matmul_flops(torch.float32, n=64, repeats=2) > 0
+    assert peaks.cpu_matmul_flops(torch.float32, n=64, repeats=2) > 0
 
 
 def _tiny(tie=False):
@@ -108,7 +108,7 @@ def test_the_line_has_tokens_per_s_padding_memory_and_mfu():
 
 
 def test_a_cell_prints_one_line_for_all_its_runs(capsys, fresh_cache, monkeypatch):
-    monkeypatch.setattr(efficiency, "measure_peaks", _fake(1e12, 4e12))
+    monkeypatch.setattr(peaks, "measure_peaks", _fake(1e12, 4e12))
     monkeypatch.setattr(efficiency, "_in_ipython", lambda: None)
     efficiency.record(_run())                                     # outside IPython: printed at once
     assert capsys.readouterr().out.count("efficiency:") == 1

@@ -86,7 +86,7 @@ def test_nb01_answers_agree_with_package_and_peft():
 
     from course_utils.exercises import nb01
     from course_utils.fine_tuning import freeze
-    from course_utils.scaling import MIXED_ADAMW
+    from course_utils.memory import MIXED_ADAMW
 
     assert freeze(_meta_model(_smollm2_config()), "norms") == nb01.q1.solution_answer()[0]
     per_param = MIXED_ADAMW.weight + MIXED_ADAMW.grad + MIXED_ADAMW.optimizer

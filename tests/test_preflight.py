@@ -243,3 +243,10 @@ def test_the_rehearsal_estimates_the_run_it_rehearses(monkeypatch):
     real = P.preflight(P.probe(cpuinfo=OLD_LAPTOP), profile="gpu")   # a real T4, uncapped sizes
     assert {nb: f.need for nb, f in real.fits.items()} == {nb: f.need for nb, f in r.fits.items()}
     assert "the rehearsal's caps" in P.format_preflight(r)
+
+
+def test_print_env_reports_versions(capsys):
+    report = P.print_env()
+    out = capsys.readouterr().out
+    assert report["profile"] in out and report["torch"] != "not installed" and "transformers" in out
+    assert "preflight" in out

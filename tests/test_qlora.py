@@ -7,7 +7,7 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import qlora
+from course_utils import memory, qlora
 from course_utils.bench import qlora as bench_qlora
 from course_utils.exercises import nb07
 from course_utils.quantization import bits_per_param
@@ -231,24 +231,37 @@ def test_phi3_mini_counts():
     assert qlora.lora_targets(llama_layout) == qlora.TARGET_MODULES
 
 
+def test_for_training_and_for_inference_switch_mode_and_kv_cache(monkeypatch):
+    """Without Unsloth: train()/eval() and the KV cache off/on; with it, FastLanguageModel's own switch."""
+    import types
+
+    model = torch.nn.Linear(2, 2)
+    model.config = types.SimpleNamespace(use_cache=None)
+    peft_backend = qlora.Backend("peft")
+    assert qlora.for_inference(model, peft_backend) is model and not model.training and model.config.use_cache
+    assert qlora.for_training(model, peft_backend) is model and model.training and model.config.use_cache is False
+    calls = []
+    fake = types.SimpleNamespace(for_inference=lambda m: calls.append("inference") or m,
+                                 for_training=lambda m: calls.append("training") or m)
+    monkeypatch.setattr(qlora.Backend, "FastLanguageModel", property(lambda self: fake))
+    unsloth = qlora.Backend("unsloth")
+    qlora.for_inference(model, unsloth)
+    qlora.for_training(model, unsloth)
+    assert calls == ["inference", "training"]
+
+
 def test_footprint_arithmetic_matches_bitsandbytes(tiny_checkpoint):
     from course_utils.models import load_model
 
     model = load_model(str(tiny_checkpoint), quantization="4bit", dtype=torch.float32)
     n_q, n_other = qlora.param_split(model)
     # get_memory_footprint counts the packed 4-bit weights and the fp32 rest, not the block scales …
-    assert model.get_memory_footprint() == pytest.approx(qlora.footprint_bytes(n_q, n_other, 4, 4), rel=1e-3)
+    assert model.get_memory_footprint() == pytest.approx(memory.footprint_bytes(n_q, n_other, 4, 4), rel=1e-3)
     # … which the quant states hold: 8-bit absmax per 64 weights + fp32 per 256 blocks (+ tiny constants)
     scales = qlora.quant_state_bytes(model)
     assert scales == pytest.approx(n_q * (NF4_DQ - 4) / 8, rel=0.1)
     assert model.get_memory_footprint() + scales == pytest.approx(
-        qlora.footprint_bytes(n_q, n_other, NF4_DQ, 4), rel=0.01)
-
-
-def test_notebook_inline_footprint_agrees_with_package():
-    ns = run_inline(NOTEBOOK.name, "course_utils.qlora footprint")
-    for args in [(3_623_878_656, 197_200_896, 4.127, 2), (100, 7, 4, 4)]:
-        assert ns["footprint_bytes"](*args) == qlora.footprint_bytes(*args)
+        memory.footprint_bytes(n_q, n_other, NF4_DQ, 4), rel=0.01)
 
 
 # --------------------------------------------------------------------------- seen vs unseen, optimizer state, LoftQ
@@ -274,23 +287,6 @@ def test_seen_mix_repeats_a_fixed_subset_and_fills_to_the_total():
     assert qlora.seen_mix(rows, 3, 4, 16) == (seen, mix), "the mixture must be reproducible"
 
 
-def test_adamw_state_bytes_match_torch_and_bitsandbytes():
-    import bitsandbytes as bnb
-
-    for shapes, cls, bits in [
-            ([(16, 576), (576, 16), (192, 16), (16, 8)], torch.optim.AdamW, 32),   # SmolLM2's LoRA A/B; 3072, 128
-            ([(16, 576), (576, 16), (192, 16), (16, 8)], bnb.optim.AdamW8bit, 8),  # < 4096 elements stay 32-bit
-            ([(8, 64), (64, 8)], bnb.optim.AdamW8bit, 8)]:                          # all 32-bit: no code tables
-        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-        opt = cls(params, lr=1e-3)
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt.step()
-        assert qlora.state_bytes(opt) == qlora.adamw_state_bytes([p.numel() for p in params], bits), cls
-    with pytest.raises(ValueError):
-        qlora.adamw_state_bytes([10], bits=4)
-
-
 def test_paged_adamw_falls_back_on_cpu_with_a_warning():
     import bitsandbytes as bnb
 
@@ -300,7 +296,7 @@ def test_paged_adamw_falls_back_on_cpu_with_a_warning():
     with pytest.warns(UserWarning, match="Paged optimizers are not supported on CPU"):
         opt.step()
     assert not getattr(opt.state[p]["state1"], "is_paged", False)
-    assert qlora.state_bytes(opt) == qlora.adamw_state_bytes([p.numel()], 8)
+    assert memory.state_bytes(opt) == memory.adamw_state_bytes([p.numel()], 8)
 
 
 def _peft_loftq_on_cpu():

@@ -70,7 +70,7 @@ def test_device_audit_catches_what_a_gpu_would(tmp_path):
 
 def test_every_gpu_model_has_a_stand_in():
     from course_utils.models import REGISTRY
-    from course_utils.rehearsal import SAME_WEIGHTS, _standin_specs
+    from course_utils.standins import SAME_WEIGHTS, _standin_specs
 
     specs = _standin_specs(100, 0, 1)
     for role, ids in REGISTRY.items():

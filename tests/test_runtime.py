@@ -49,12 +49,6 @@ def test_colab_detection(monkeypatch):
     assert runtime.in_colab()
 
 
-def test_print_env_reports_versions(capsys):
-    report = runtime.print_env()
-    out = capsys.readouterr().out
-    assert report["profile"] in out and report["torch"] != "not installed" and "transformers" in out
-
-
 # --------------------------------------------------------------------------- the one dtype decision
 
 @pytest.mark.parametrize("capability, dtype", [((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"),

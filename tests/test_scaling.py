@@ -71,81 +71,15 @@ def test_zero_stages_shard_the_right_states():
 
 
 def test_lora_and_qlora_accounting():
-    from course_utils.scaling import NF4_BASE, NF4_BYTES, per_gpu_bytes
+    from course_utils.memory import NF4_BASE, NF4_DQ_BYTES
+    from course_utils.scaling import per_gpu_bytes
 
     lora = per_gpu_bytes(1e9, trainable_params=1e7)
     assert lora["gradients"] == 2e7 and lora["optimizer"] == 12e7
     assert lora["weights"] == 1e7 * 2 + (1e9 - 1e7) * 2
     qlora = per_gpu_bytes(1e9, trainable_params=1e7, precision=NF4_BASE)
     assert (qlora["gradients"], qlora["optimizer"]) == (lora["gradients"], lora["optimizer"])
-    assert qlora["weights"] == pytest.approx(1e7 * 2 + (1e9 - 1e7) * NF4_BYTES, rel=1e-12)
-
-
-def _nbytes(*tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def test_nf4_bytes_per_weight_is_notebook_04s_formula_and_what_bitsandbytes_stores():
-    """NF4 + double quant: 4 + 8/64 + 32/(64·256) = 4.127 bits = 0.516 B per weight (once wrongly 0.5635)."""
-    import bitsandbytes.functional as bnbf
-    import torch
-
-    from course_utils import memory as finetune
-    from course_utils import quantization as quant
-    from course_utils.scaling import NF4_BASE, NF4_BYTES
-
-    assert NF4_BYTES == quant.bits_per_param(64, double_quant=True) / 8 == finetune.NF4_DQ_BYTES
-    assert NF4_BYTES == pytest.approx((4 + 8 / 64 + 32 / (64 * 256)) / 8, rel=1e-12)
-    assert NF4_BASE.frozen == NF4_BYTES and NF4_BASE.weight == 2.0
-    # measured: the bytes a real 4-bit tensor occupies (packed codes + uint8 absmax + fp32 absmax of the
-    # absmax + the one fp32 offset), bitsandbytes and our own notebook-04 implementation alike
-    n = 64 * 256 * 64                                      # 64 second-level blocks: the per-tensor offset is noise
-    w = torch.randn(n // 512, 512, generator=torch.Generator().manual_seed(0))
-    packed, st = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
-    assert st.nested and st.absmax.dtype == torch.uint8
-    bnb_bytes = _nbytes(packed, st.absmax, st.state2.absmax, st.offset)
-    ours, ours_state = quant.quantize_4bit(w, "nf4", blocksize=64, double_quant=True)
-    ours_bytes = _nbytes(ours) + ours_state.nbytes()
-    for measured in (bnb_bytes, ours_bytes):
-        assert measured == n * NF4_BYTES + 4                # exact: the offset is the only extra
-        assert measured / n == pytest.approx(NF4_BYTES, rel=1e-5)
-
-
-def test_optimizer_bytes_equal_adamw_state_tensors():
-    """FP32_ADAMW: 4 + 4 + 8 (m and v); MIXED_ADAMW: 2 + 2 + 12 (fp32 master + m + v), counted from torch."""
-    import torch
-
-    from course_utils.scaling import FP32_ADAMW, MIXED_ADAMW, Precision, per_gpu_bytes
-
-    assert FP32_ADAMW == Precision(weight=4.0, grad=4.0, optimizer=8.0, frozen=4.0)
-    assert MIXED_ADAMW == Precision(weight=2.0, grad=2.0, optimizer=12.0, frozen=2.0)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
-    n = sum(p.numel() for p in model.parameters())
-
-    def states(optimizer) -> int:      # m and v of every parameter (the scalar step counters excluded)
-        return sum(_nbytes(t) for s in optimizer.state.values() for k, t in s.items() if k != "step")
-
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.randn(4, 16)).sum().backward()
-    opt.step()
-    fp32 = per_gpu_bytes(n, precision=FP32_ADAMW)
-    assert fp32["optimizer"] == states(opt) == 8 * n
-    assert fp32["gradients"] == _nbytes(*(p.grad for p in model.parameters()))
-    assert fp32["weights"] == _nbytes(*model.parameters())
-
-    # mixed precision: bf16 working weights and gradients, AdamW on fp32 master copies
-    model16 = model.to(torch.bfloat16)
-    master = [p.detach().float().requires_grad_() for p in model16.parameters()]
-    opt = torch.optim.AdamW(master, lr=1e-3)
-    model16(torch.randn(4, 16, dtype=torch.bfloat16)).sum().backward()
-    for m, p in zip(master, model16.parameters()):
-        m.grad = p.grad.float()
-    opt.step()
-    mixed = per_gpu_bytes(n)
-    assert mixed["optimizer"] == _nbytes(*master) + states(opt) == 12 * n
-    assert mixed["gradients"] == _nbytes(*(p.grad for p in model16.parameters()))
-    assert mixed["weights"] == _nbytes(*model16.parameters())
+    assert qlora["weights"] == pytest.approx(1e7 * 2 + (1e9 - 1e7) * NF4_DQ_BYTES, rel=1e-12)
 
 
 def test_bad_scheme_and_gpu_count():

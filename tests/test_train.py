@@ -54,7 +54,7 @@ def test_early_stopping_stops(tiny_llama, toy_batch):
 # them back out without its RSS growing, which is correct for RSS but would make the test meaningless.
 _PEAK_SCRIPT = """
 import torch
-from course_utils.train import PeakMemory
+from course_utils.memory import PeakMemory
 with PeakMemory("cpu") as outer:
     x = torch.ones(64, 2**20)  # 256 MB, freed before the inner block resets the counter
     x.add_(1)

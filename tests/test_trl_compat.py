@@ -76,11 +76,11 @@ def test_a_trainer_prints_one_efficiency_line_with_the_cost_of_checkpointing(tmp
     """Every Trainer gets the EfficiencyCallback; with gradient checkpointing switched on, its cost is measured."""
     from datasets import Dataset
 
-    from course_utils import efficiency
+    from course_utils import efficiency, peaks
     from course_utils.trl_compat import SFTTrainer, sft_config
 
     monkeypatch.setattr(efficiency, "_in_ipython", lambda: None)
-    monkeypatch.setattr(efficiency, "machine_peaks", lambda device="cpu", measure=None: {"fp32": 1e11, "bf16": 1e11})
+    monkeypatch.setattr(peaks, "machine_peaks", lambda device="cpu", measure=None: {"fp32": 1e11, "bf16": 1e11})
     ds = Dataset.from_dict({"input_ids": [[i % 60, (i + 1) % 60, (i + 2) % 60, (i + 3) % 60] for i in range(8)]})
     args = sft_config(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, max_length=8,
                       disable_tqdm=True, gradient_checkpointing=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from course_utils.chatbot.bot import DEFAULT_N_TRIGGER, Chatbot, ChatbotConfig, qa_pairs_by_domain
+from course_utils.chatbot.bot import Chatbot, qa_pairs_by_domain
+from course_utils.chatbot.config import DEFAULT_N_TRIGGER, ChatbotConfig
 from course_utils.chatbot.store import FeedbackStore
 
 

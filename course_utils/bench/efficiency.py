@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass
 
 from course_utils.models import LORA_TARGETS
+from course_utils.peaks import matmul_flops
 from course_utils.runtime import wall_times
 
 SEVEN = LORA_TARGETS   # LoRA on all seven projections
@@ -179,21 +180,6 @@ def goal_met(kind: str, ratio: float) -> bool:
 def _best(fn, repeats: int, warmup: int = 1) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
     return min(wall_times(fn, repeats, warmup))
-
-
-def matmul_flops(dtype=None, n: int = MATMUL_N, repeats: int = PROBE_REPEATS, device: str = "cpu") -> float:
-    """FLOP/s of an n×n by n×n matmul in ``dtype`` (default fp32) on ``device``, best of ``repeats``.
-
-    On a CPU with torch's current threads; on a GPU each call waits for the kernel (``torch.cuda.synchronize``).
-    """
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype or torch.float32)
-    if device == "cuda":
-        return 2 * n ** 3 / _best(lambda: (torch.mm(a, b), torch.cuda.synchronize()), repeats)
-    return 2 * n ** 3 / _best(lambda: torch.mm(a, b), repeats)
 
 
 def gemm_ceiling(gemms: dict[tuple, int], repeats: int = PROBE_REPEATS) -> float:
@@ -391,8 +377,8 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
     say(f"machine: {machine['cpu']} · {machine['threads']} torch threads of {machine['cores']} CPUs · torch "
         f"{machine['torch']} · bf16 CPU flags: {', '.join(machine['bf16_flags']) or 'none'} · load average "
         f"{machine['load_avg_1min']} at start (other work on the machine lowers every ratio below)")
-    fp32 = matmul_flops()
-    bf16 = matmul_flops(torch.bfloat16)
+    fp32 = matmul_flops(n=MATMUL_N, repeats=PROBE_REPEATS)
+    bf16 = matmul_flops(torch.bfloat16, n=MATMUL_N, repeats=PROBE_REPEATS)
     bw = copy_bandwidth()
     bf16_note = (f"bf16 {bf16 / 1e9:.0f} GFLOP/s = {bf16 / fp32:.1f}× fp32" if bf16 >= fp32 else
                  f"bf16 {bf16 / 1e9:.0f} GFLOP/s is SLOWER than fp32 here ({fp32 / bf16:.1f}× slower)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from course_utils.memory import PeakMemory
 from course_utils.models import count_parameters
 from course_utils.qlora import (
     Backend,
@@ -27,7 +28,6 @@ from course_utils.qlora import (
     param_split,
     phi3_mini_config,
 )
-from course_utils.train import PeakMemory
 
 
 @dataclass

@@ -6,7 +6,8 @@ Import each piece from its module (this package re-exports nothing):
 - ``registry``: versioned, checksummed safetensors adapter folders (``AdapterRegistry``);
 - ``backend``: ``LoraBackend``, per-domain peft LoRA adapters on one base model plus a training clone; a
   hand-written bottleneck adapter (``course_utils.peft_methods``) could stand in behind its four methods;
-- ``bot``: ``ChatbotConfig``, the eval gate ``should_accept``, ``guess_domain`` and ``Chatbot`` (rounds, monitor);
+- ``config``: ``ChatbotConfig`` (sizes, LoRA shape, eval-gate tolerance), imported by ``backend`` and ``bot``;
+- ``bot``: the eval gate ``should_accept``, ``guess_domain`` and ``Chatbot`` (rounds, monitor);
 - ``ui``: the ipywidgets chat ``ChatUI`` and the monitoring ``plot_dashboard``.
 
 Its benchmarks live in ``course_utils.bench.chatbot``.

@@ -5,16 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from typing import TYPE_CHECKING
 
 import torch
 
+from course_utils.chatbot.config import ChatbotConfig
 from course_utils.chatbot.registry import AdapterIntegrityError
 from course_utils.chatbot.store import DOMAINS
 from course_utils.models import chat_prompt
-
-if TYPE_CHECKING:
-    from course_utils.chatbot.bot import ChatbotConfig
 
 
 def clone_sharing_weights(model: torch.nn.Module) -> torch.nn.Module:

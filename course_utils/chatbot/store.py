@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-DOMAINS = ("tax", "accounting", "general")
+from course_utils.data import SCHEMAS
+
+DOMAINS = SCHEMAS["ko_tax_qa"]["domain"][1]   # ("tax", "accounting", "general"): the data set's domains, one adapter each
 MAX_TEXT_CHARS = 2000       # per question / answer; the course data's longest answer has 107 characters
 SYNCHRONOUS = "NORMAL"      # see the module docstring: SIGKILL-safe; FULL adds power-cut safety
 BUSY_TIMEOUT_MS = 30_000    # a second writer process waits this long for the write lock instead of failing

@@ -104,10 +104,10 @@ THRESHOLD = 0.7
 
 def _scratch_store(folder: Path):
     """A store with a known mix: pending/used, above/below the threshold, three domains."""
-    from course_utils.chatbot.store import FeedbackStore
+    from course_utils.chatbot.store import DOMAINS, FeedbackStore
 
     store = FeedbackStore(folder / "q3.db")
-    rows = [(d, q) for d in ("tax", "accounting", "general") for q in (0.2, 0.69, 0.7, 0.9, 1.0)]
+    rows = [(d, q) for d in DOMAINS for q in (0.2, 0.69, 0.7, 0.9, 1.0)]
     ids = store.add_many([dict(question=f"{d} 질문 {i}", answer="답변", quality=q, domain=d)
                           for i, (d, q) in enumerate(rows)])
     # records 0–5 were used by an accepted round
