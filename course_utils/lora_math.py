@@ -21,6 +21,9 @@ Storage matches peft exactly: ``lora_A`` is ``nn.Linear(d_in, r)``, whose ``weig
 (r, d_in); ``lora_B`` is ``nn.Linear(r, d_out)`` with ``weight`` B (d_out, r). Copying into a peft model
 therefore needs no transpose (only GPT-2-style ``Conv1D`` layers, ``fan_in_fan_out=True``, store W
 transposed).
+
+Why one module of ~440 lines: notebook 03's from-scratch LoRA, rsLoRA and DoRA share one merge/unmerge
+implementation (``LoRALinear``); splitting them would write those steps twice.
 """
 
 from __future__ import annotations
