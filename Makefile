@@ -25,12 +25,12 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
-	$(PIP) install --quiet --disable-pip-version-check --no-deps $$($(PY) -m course_utils.deps no-deps)
-	$(PY) -m course_utils.models prepare
+	$(PIP) install --quiet --disable-pip-version-check --no-deps $$($(PY) -m course_utils.core.deps no-deps)
+	$(PY) -m course_utils.core.models prepare
 	@touch $(STAMP)
 
 lab: setup
-	$(PY) -m course_utils.lab --ip=$(LAB_IP) --port=$(LAB_PORT) --notebook-dir=notebooks
+	$(PY) -m course_utils.tools.lab --ip=$(LAB_IP) --port=$(LAB_PORT) --notebook-dir=notebooks
 
 # vermin: no code may need a newer Python than requires-python (3.10) promises
 lint: setup
@@ -47,8 +47,8 @@ notebooks: setup
 	$(NB_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks -p no:cacheprovider --durations=0 -q
 
 rehearse-gpu: setup
-	$(PY) -m course_utils.standins build
-	HF_HUB_CACHE=$$($(PY) -m course_utils.standins cache) $(REHEARSE_ENV) $(PY) -m pytest --nbval-lax \
+	$(PY) -m course_utils.tools.standins build
+	HF_HUB_CACHE=$$($(PY) -m course_utils.tools.standins cache) $(REHEARSE_ENV) $(PY) -m pytest --nbval-lax \
 	  --nbval-current-env --nbval-cell-timeout=300 notebooks -p no:cacheprovider \
 	  --durations=0 -q
 
@@ -99,10 +99,10 @@ images: setup
 	$(PY) -m course_utils.images
 
 badges: setup
-	$(PY) -m course_utils.course sync
+	$(PY) -m course_utils.tools.course sync
 
 strip: setup
-	$(PY) -m course_utils.course strip
+	$(PY) -m course_utils.tools.course strip
 
 bench: setup
 	$(PY) -m course_utils.bench

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent
-SCHEMA_FILE = DATA_DIR / "schema.json"   # fields and allowed values, shared with course_utils/data.py
+SCHEMA_FILE = DATA_DIR / "schema.json"   # fields and allowed values, shared with course_utils/core/data.py
 
 # --------------------------------------------------------------------------
 # Specification of each file: the checks a schema cannot express; _specs adds
@@ -178,7 +178,7 @@ def load_rows(path: Path, fname: str, rep: Report):
     except UnicodeDecodeError as exc:
         rep.error(fname, f"not valid UTF-8 ({exc})")
         return rows
-    # Tolerated as in course_utils.data.read_jsonl (Windows tools write a BOM, editors leave blank lines),
+    # Tolerated as in course_utils.core.data.read_jsonl (Windows tools write a BOM, editors leave blank lines),
     # but reported: the bundled files should stay clean.
     if text.startswith("\ufeff"):
         text = text[1:]

@@ -147,7 +147,7 @@ def setup(lane: str, base: Path) -> bool:
     py = str(lane_dir / "venv" / "bin" / "python")
     t0 = time.time()
     steps = ([] if Path(py).exists() else [[sys.executable, "-m", "venv", str(lane_dir / "venv")]])
-    steps += pip_commands(lane, py, pyproject()) + [[py, "-m", "course_utils.models", "prepare"]]
+    steps += pip_commands(lane, py, pyproject()) + [[py, "-m", "course_utils.core.models", "prepare"]]
     rc = 0
     for cmd in steps:
         rc = sh(cmd, env, log)

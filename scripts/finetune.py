@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 
-from course_utils.models import LORA_TARGETS  # noqa: E402 (after the path insert)
+from course_utils.core.models import LORA_TARGETS  # noqa: E402 (after the path insert)
 
 
 @dataclass
 class FinetuneConfig:
     """What one fine-tuning run needs; YAML keys and ``--flags`` have these names."""
 
-    model: str = "chat"              # a course_utils.models role ("chat" → embedded model on cpu) or a hub id
+    model: str = "chat"              # a course_utils.core.models role ("chat" → embedded model on cpu) or a hub id
     data: str = "instructions"       # a bundled data set name or a path to a prompt/completion JSONL file
     method: str = "lora"             # lora | qlora | full
     r: int = 8
@@ -78,7 +78,7 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
 
 def prompt_completion_rows(cfg: FinetuneConfig, tokenizer) -> list[dict]:
     """Training rows as chat-formatted ``prompt``/``completion`` message lists."""
-    from course_utils import data
+    from course_utils.core import data
 
     if cfg.data in data.SCHEMAS:
         rows = data.load_rows(cfg.data, split="train")
@@ -98,8 +98,8 @@ def build_model(cfg: FinetuneConfig):
     """The model of the config: LoRA/QLoRA adapters attached by the trainer, or all weights trainable."""
     import torch
 
-    from course_utils.models import load_model
-    from course_utils.runtime import settings
+    from course_utils.core.models import load_model
+    from course_utils.core.runtime import settings
 
     quant = "4bit" if cfg.method == "qlora" else None
     # device_map would pin every rank to one device; under DDP each rank must own its copy
@@ -114,15 +114,15 @@ def build_model(cfg: FinetuneConfig):
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(argv)
-    from course_utils.quiet import quiet_known_warnings
+    from course_utils.core.quiet import quiet_known_warnings
 
     quiet_known_warnings()   # before peft imports bitsandbytes: its harmless CPU-kernel message stays hidden
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from course_utils.models import load_tokenizer
-    from course_utils.runtime import seed_everything
-    from course_utils.trl_compat import SFTTrainer, sft_config
+    from course_utils.core.models import load_tokenizer
+    from course_utils.core.runtime import seed_everything
+    from course_utils.core.trl_compat import SFTTrainer, sft_config
 
     seed_everything(cfg.seed)
     rank = int(os.environ.get("RANK", 0))

@@ -7,7 +7,7 @@ One command for a GPU machine that may have no registry access (a lent CI GPU, a
    with ``pip install --no-deps --no-index --target``; the scratch folder goes first on ``PYTHONPATH``;
 2. the notebooks run under nbval with ``COURSE_PROFILE=gpu COURSE_STANDINS=1`` on the real GPU: the gpu
    branch of every cell with the rehearsal's small stand-in models (their cache is carried along:
-   ``--hub DIR``, default ``course_utils.standins.hub_cache()``), checkpoints on real weights reported;
+   ``--hub DIR``, default ``course_utils.tools.standins.hub_cache()``), checkpoints on real weights reported;
 3. ``python -m course_utils.bench qlora``;
 4. one report (``--report``, default ``outputs/gpu-check.md``): the GPU, versions, per notebook pass/fail
    and seconds, the benchmark table.
@@ -61,7 +61,7 @@ def install_from_wheels(wheels: Path, scratch: Path) -> None:
 
 def download_wheels(dest: Path) -> None:
     """On a machine with PyPI: the pinned bitsandbytes/trl/unsloth wheels for a GPU machine to carry."""
-    from course_utils.deps import extras, no_deps
+    from course_utils.core.deps import extras, no_deps
 
     pins = [p for p in extras("course") + no_deps() if p.split("==")[0].replace("-", "_") in NEEDED]
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), *pins],
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.splitlines()[0])
     ap.add_argument("--wheels", type=Path, help="folder of .whl files for packages this machine lacks")
     ap.add_argument("--scratch", type=Path, default=ROOT / ".gpu-scratch", help="where those are installed")
-    ap.add_argument("--hub", type=Path, help="the stand-in cache (default: course_utils.standins.hub_cache())")
+    ap.add_argument("--hub", type=Path, help="the stand-in cache (default: course_utils.tools.standins.hub_cache())")
     ap.add_argument("--report", type=Path, default=ROOT / "outputs" / "gpu-check.md")
     ap.add_argument("--download", type=Path, help="only download the wheels to carry into this folder, then stop")
     args = ap.parse_args(argv)
@@ -112,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"gpu-check: {', '.join(missing)} cannot be imported; pass --wheels DIR (made with --download).")
         return 1
-    from course_utils.standins import hub_cache
+    from course_utils.tools.standins import hub_cache
 
     hub = args.hub or hub_cache()
     if not (hub / "course_standins.json").is_file():
-        print(f"gpu-check: no stand-in cache at {hub}: build it with `python -m course_utils.standins build` "
+        print(f"gpu-check: no stand-in cache at {hub}: build it with `python -m course_utils.tools.standins build` "
               "(on any machine with the course installed) and pass --hub")
         return 1
     env = {**os.environ, "COURSE_PROFILE": "gpu", "COURSE_STANDINS": "1", "COURSE_STRICT": "1",

@@ -59,7 +59,7 @@ def revert_copy(notebook: str, fixed: str, before: str, dest: Path) -> None:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from course_utils.standins import build_standins
+    from course_utils.tools.standins import build_standins
 
     hub = build_standins(verbose=False)
     env = {**os.environ, "COURSE_PROFILE": "gpu", "COURSE_REHEARSAL": "1", "COURSE_STRICT": "1",

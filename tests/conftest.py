@@ -32,6 +32,6 @@ def toy_batch():
 @pytest.fixture(scope="session")
 def embedded():
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, loaded once per session."""
-    from course_utils.models import load_model, load_tokenizer
+    from course_utils.core.models import load_model, load_tokenizer
 
     return load_model("chat", profile="cpu"), load_tokenizer("chat", profile="cpu")

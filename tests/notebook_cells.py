@@ -13,7 +13,7 @@ def inline_cell(notebook: str, name: str) -> str:
     import ast
     import json
 
-    from course_utils.course import NOTEBOOK_DIR, marked_cell
+    from course_utils.tools.course import NOTEBOOK_DIR, marked_cell
 
     path = NOTEBOOK_DIR / notebook
     marker = f"# inline: {name}"

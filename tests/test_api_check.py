@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import api_check
-from course_utils.api_check import check, module_unit, notebook_unit
+from course_utils.tools import api_check
+from course_utils.tools.api_check import check, module_unit, notebook_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB07 = ROOT / "notebooks" / "07_qlora_unsloth_translation.ipynb"
@@ -75,7 +75,7 @@ def test_renamed_keyword_through_forwarders_and_a_dict_of_defaults(tmp_path):
                           "seed=SEED, gradient_checkpointing=False, evaluation_strategy=\"steps\")")
     units = [u for u in api_check.default_units() if u.module] + [notebook_unit(nb)]  # sft_config lives in a module
     problems = [str(p) for p in check(units).problems]
-    assert problems == [f"notebook 08 cell {cell}: trl.SFTConfig (via course_utils.trl_compat.sft_config) got "
+    assert problems == [f"notebook 08 cell {cell}: trl.SFTConfig (via course_utils.core.trl_compat.sft_config) got "
                         "unknown keyword 'evaluation_strategy'"], problems
 
 

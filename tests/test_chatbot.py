@@ -21,7 +21,7 @@ from course_utils.chatbot.bot import Chatbot, should_accept
 from course_utils.chatbot.config import ChatbotConfig
 from course_utils.chatbot.registry import AdapterIntegrityError, AdapterRegistry, write_dir_atomically
 from course_utils.chatbot.store import DOMAINS, MAX_TEXT_CHARS, FeedbackError, FeedbackStore
-from course_utils.models import chat_prompt
+from course_utils.core.models import chat_prompt
 
 GOOD = dict(question="부가가치세 세율은 몇 퍼센트인가요?", answer="기본세율은 10%입니다.", quality=0.9, domain="tax")
 
@@ -249,7 +249,7 @@ def test_rewritten_manifest_is_caught_by_the_recorded_hash(tmp_path):
     folder = reg.path("tax", v)
     from safetensors.torch import save_file
 
-    from course_utils.models import sha256_file
+    from course_utils.core.models import sha256_file
 
     save_file(_state(9.0), str(folder / "adapter_model.safetensors"))  # a forged adapter …
     m = json.loads((folder / "manifest.json").read_text())
@@ -281,7 +281,7 @@ def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
     """A pickle saved under the safetensors name, manifest made consistent: the parser refuses it."""
     import pickle
 
-    from course_utils.models import sha256_file
+    from course_utils.core.models import sha256_file
 
     class Boom:
         def __reduce__(self):
@@ -446,7 +446,7 @@ def test_monitor_and_dashboard(tmp_path):
 
 
 def test_guess_domain_routes_most_dataset_questions():
-    from course_utils.data import load_rows
+    from course_utils.core.data import load_rows
 
     rows = load_rows("ko_tax_qa")
     hits = sum(cb.guess_domain(r["question"]) == r["domain"] for r in rows)
@@ -464,7 +464,7 @@ def test_fit_prompt_leaves_room_for_the_answer(tok):
 
 
 def test_config_from_settings():
-    from course_utils.runtime import settings
+    from course_utils.core.runtime import settings
 
     c = ChatbotConfig.from_settings(settings("cpu"), n_trigger=12)
     assert c.n_trigger == 12 and c.seq_len == 2 * settings("cpu").seq_len and ChatbotConfig().n_trigger == 50
@@ -478,7 +478,7 @@ def test_config_from_settings():
 
 @pytest.fixture(scope="module")
 def tok():
-    from course_utils.models import load_tokenizer
+    from course_utils.core.models import load_tokenizer
 
     return load_tokenizer("chat", profile="cpu")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import data
+from course_utils.core import data
 
 SCHEMA = data.SCHEMAS["domain_qa"]
 GOOD = {"id": "x1", "question": "Q?", "answer": "A.", "category": "errors", "split": "train"}
@@ -128,12 +128,12 @@ def test_check_cli_as_a_learner_runs_it(tmp_path):
     import sys
 
     p = _write(tmp_path, [GOOD, GOOD | {"id": "x2", "split": "dev"}])
-    out = subprocess.run([sys.executable, "-m", "course_utils.data", "check", str(p), "--schema", "domain_qa"],
+    out = subprocess.run([sys.executable, "-m", "course_utils.core.data", "check", str(p), "--schema", "domain_qa"],
                          capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"{p}:2: field 'split'='dev'" in out.stdout and out.stderr == ""
     p.write_bytes(p.read_bytes().replace(b'"dev"', b'"test"'))
-    out = subprocess.run([sys.executable, "-m", "course_utils.data", "check", str(p), "--schema", "domain_qa"],
+    out = subprocess.run([sys.executable, "-m", "course_utils.core.data", "check", str(p), "--schema", "domain_qa"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("OK: "), out.stdout + out.stderr
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from course_utils import deps
+from course_utils.core import deps
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from notebook_cells import run_inline
 
-from course_utils import distillation as D
+from course_utils.lessons import distillation as D
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_distillation.ipynb"
 

@@ -2,7 +2,7 @@
 
 Everything inside code (backtick spans and fenced blocks) is checked:
 - a token with a ``/`` is a repository path (it must exist), a hub model id (it must be in
-  ``course_utils.models.REGISTRY``) or an absolute Colab path (it must occur in notebook 00's setup cell);
+  ``course_utils.core.models.REGISTRY``) or an absolute Colab path (it must occur in notebook 00's setup cell);
 - a token ending in a file extension (``README.md``) must exist; a bare notebook name (``03_lora_math``) must
   be a notebook in ``notebooks/``;
 - ``make TARGET`` must be a target of the Makefile; ``python -m MODULE`` must be importable;
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.models import REGISTRY
+from course_utils.core.models import REGISTRY
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDE = REPO / "docs" / "instructor-guide.md"
@@ -172,7 +172,7 @@ def test_makefile_parser():
     ("`someone/unknown-model`", "someone/unknown-model: no such path"),
     ("`/content/elsewhere`", "not in notebook 00's Colab setup cell"),
     ("`11_missing_lesson`", "no such notebook"),
-    ("`course_utils.models.NO_SUCH_NAME`", "defines no NO_SUCH_NAME"),
+    ("`course_utils.core.models.NO_SUCH_NAME`", "defines no NO_SUCH_NAME"),
     ("`CHANGELOG.md`", "no such file"),
 ])
 def test_checker_catches_what_does_not_exist(bogus, expected):
@@ -181,7 +181,7 @@ def test_checker_catches_what_does_not_exist(bogus, expected):
 
 
 def test_checker_accepts_what_exists():
-    ok = ("`README.md` `course_utils/data.py` `make setup` `make lab LAB_IP=0.0.0.0` `03_lora_math`\n"
-          "`python -m course_utils.data check data/domain_qa.jsonl --schema domain_qa` `/content/course`\n"
-          "`course_utils.models.REGISTRY` `unsloth/Phi-3-mini-4k-instruct-bnb-4bit` `%env COURSE_PROFILE=cpu`\n")
+    ok = ("`README.md` `course_utils/core/data.py` `make setup` `make lab LAB_IP=0.0.0.0` `03_lora_math`\n"
+          "`python -m course_utils.core.data check data/domain_qa.jsonl --schema domain_qa` `/content/course`\n"
+          "`course_utils.core.models.REGISTRY` `unsloth/Phi-3-mini-4k-instruct-bnb-4bit` `%env COURSE_PROFILE=cpu`\n")
     assert check_text(ok) == []

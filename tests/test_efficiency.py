@@ -1,10 +1,10 @@
-"""The efficiency line (course_utils.efficiency) and the CPU's measured bf16 decision (runtime.cpu_bf16)."""
+"""The efficiency line (course_utils.core.efficiency) and the CPU's measured bf16 decision (runtime.cpu_bf16)."""
 
 import pytest
 import torch
 
-from course_utils import efficiency, peaks, runtime
 from course_utils.bench.efficiency import Shape, flops_per_token, matmul_params
+from course_utils.core import efficiency, peaks, runtime
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_a_cell_prints_one_line_for_all_its_runs(capsys, fresh_cache, monkeypatc
 
 
 def test_train_reports_one_line_and_autocast_keeps_fp32_weights(capsys, monkeypatch, toy_batch):
-    from course_utils.train import train
+    from course_utils.core.train import train
 
     monkeypatch.setattr(efficiency, "_in_ipython", lambda: None)
     losses = {}
@@ -134,7 +134,7 @@ def test_train_reports_one_line_and_autocast_keeps_fp32_weights(capsys, monkeypa
 
 
 def test_adamw_is_fused_and_makes_the_same_update():
-    from course_utils.train import adamw
+    from course_utils.core.train import adamw
 
     w = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
     v = [torch.nn.Parameter(p.detach().clone()) for p in w]

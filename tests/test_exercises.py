@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import course_utils.exercises as exercises
-from course_utils import course
 from course_utils.exercises import Exercise, ____
+from course_utils.tools import course
 
 MODULES = [m.name for m in pkgutil.iter_modules(exercises.__path__) if m.name.startswith("nb")]
 ALL = [(m, name, ex) for m in MODULES
@@ -75,7 +75,7 @@ def _trainable(model) -> int:
 
 
 def _smollm2_config():
-    from course_utils.models import load_model
+    from course_utils.core.models import load_model
 
     return load_model("chat", profile="cpu").config
 
@@ -85,8 +85,8 @@ def test_nb01_answers_agree_with_package_and_peft():
     from transformers import LlamaConfig
 
     from course_utils.exercises import nb01
-    from course_utils.fine_tuning import freeze
-    from course_utils.memory import MIXED_ADAMW
+    from course_utils.lessons.fine_tuning import freeze
+    from course_utils.lessons.memory import MIXED_ADAMW
 
     assert freeze(_meta_model(_smollm2_config()), "norms") == nb01.q1.solution_answer()[0]
     per_param = MIXED_ADAMW.weight + MIXED_ADAMW.grad + MIXED_ADAMW.optimizer
@@ -101,9 +101,9 @@ def test_nb01_answers_agree_with_package_and_peft():
 def test_nb02_answers_agree_with_package_and_peft():
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
+    from course_utils.core.models import LORA_TARGETS
     from course_utils.exercises import nb02
-    from course_utils.models import LORA_TARGETS
-    from course_utils.peft_methods import adapter_param_count
+    from course_utils.lessons.peft_methods import adapter_param_count
 
     cfg = _smollm2_config()
     assert adapter_param_count(cfg.hidden_size, 32, cfg.num_hidden_layers) == nb02.q1.solution_answer()[0]

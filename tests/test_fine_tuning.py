@@ -7,11 +7,11 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import fine_tuning as F
-from course_utils import memory as M
-from course_utils import models
-from course_utils.models import count_parameters
-from course_utils.train import train
+from course_utils.core import models
+from course_utils.core.models import count_parameters
+from course_utils.core.train import train
+from course_utils.lessons import fine_tuning as F
+from course_utils.lessons import memory as M
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_fine_tuning_basics.ipynb"
 
@@ -146,7 +146,7 @@ def test_nf4_bytes_per_weight_match_real_4bit_tensors():
     """QLoRA's base: 4-bit codes + a uint8 absmax per 64 weights + an fp32 scale per 256 absmax values."""
     import bitsandbytes.functional as bnbf
 
-    from course_utils.quantization import bits_per_param
+    from course_utils.lessons.quantization import bits_per_param
 
     assert M.NF4_DQ_BYTES == bits_per_param(64, double_quant=True) / 8
     assert M.NF4_DQ_BYTES == pytest.approx(0.5 + 1 / 64 + 4 / (64 * 256), rel=1e-12)

@@ -1,9 +1,9 @@
-"""LoRA + bottleneck adapters trained together (course_utils.hybrid) on a tiny random Llama."""
+"""LoRA + bottleneck adapters trained together (course_utils.chatbot.hybrid) on a tiny random Llama."""
 
 import pytest
 import torch
 
-from course_utils.hybrid import (
+from course_utils.chatbot.hybrid import (
     attach_adapters,
     bottleneck_for_budget,
     lora_model,
@@ -11,7 +11,7 @@ from course_utils.hybrid import (
     same_budget_hybrid,
     shared_base,
 )
-from course_utils.peft_methods import adapter_modules, adapter_param_count, remove_adapters
+from course_utils.lessons.peft_methods import adapter_modules, adapter_param_count, remove_adapters
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -2,7 +2,7 @@
 
 `make lab` serves notebooks/, Colab opens a notebook without its folder, GitHub renders the file alone: a
 relative `../images/…` link works in none of them, a cell attachment in all three. The tests on the committed
-notebooks fail until `python -m course_utils.course images` (or `make badges`) has run; the sync itself is
+notebooks fail until `python -m course_utils.tools.course images` (or `make badges`) has run; the sync itself is
 tested on copies in tmp_path.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import course
 from course_utils.images import load_all
+from course_utils.tools import course
 
 NOTEBOOKS = course.notebooks()
 
@@ -195,7 +195,7 @@ def test_check_command_reports_image_problems(monkeypatch, tmp_path, capsys):
 
 
 def test_lab_root_needs_no_images_folder():
-    """With attachments `make lab` can keep serving notebooks/ (course_utils.lab's default root)."""
-    from course_utils import lab
+    """With attachments `make lab` can keep serving notebooks/ (course_utils.tools.lab's default root)."""
+    from course_utils.tools import lab
 
     assert lab.DEFAULT_ROOT == "notebooks"

@@ -1,4 +1,5 @@
-"""course_utils imports in one direction: no module reaches, directly or around a loop, back to itself.
+"""course_utils imports in one direction: no module reaches, directly or around a loop, back to itself, and
+no floor imports a floor above it (core → lessons → chatbot → bench / exercises / tools, images on its own).
 
 Every import counts, wherever it stands: at the top, inside a function (a lazy import is still a dependency),
 under ``if TYPE_CHECKING:``. Read with ``ast`` from the source, nothing is imported.
@@ -79,7 +80,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_course_utils_has_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 30 and "course_utils.runtime" in graph["course_utils.models"], "the graph was not read"
+    assert len(graph) > 30 and "course_utils.core.runtime" in graph["course_utils.core.models"], "the graph was not read"
     found = cycles(graph)
     detail = ["; ".join(f"{a} -> {b}" for a in group for b in sorted(graph[a]) if b in group) for group in found]
     assert not found, f"import cycles: {detail}"
@@ -100,3 +101,68 @@ def test_the_check_sees_every_kind_of_import(tmp_path, source, expected):
     (package / "b.py").write_text(source)
     (package / "c.py").write_text("")
     assert cycles(import_graph(package)) == expected
+
+
+# The floors of the house, bottom up: a module imports its own folder and the floors below, never one above or a
+# neighbour on its floor. ``course_utils`` itself (REPO_ROOT, REPO_URL) is the foundation under every floor.
+FLOORS = {"core": 1, "lessons": 2, "chatbot": 3, "bench": 4, "exercises": 4, "tools": 4, "images": 4}
+
+
+def floor_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up a floor or sideways into another folder of the same floor."""
+    def folder(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else None   # None: the package's own __init__
+
+    bad = []
+    for module, targets in graph.items():
+        here = folder(module)
+        if here is None:
+            continue
+        for target in targets:
+            there = folder(target)
+            if there is not None and there != here and FLOORS[there] >= FLOORS[here]:
+                bad.append(f"{module} (floor {FLOORS[here]}) imports {target} (floor {FLOORS[there]})")
+    return sorted(bad)
+
+
+def test_every_module_sits_in_a_floor_folder():
+    top_level = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert not top_level, f"modules outside the floor folders of course_utils/: {top_level}"
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == \
+        sorted(FLOORS), "a folder of course_utils/ is not in FLOORS (or one in FLOORS is gone)"
+
+
+def test_no_floor_imports_a_floor_above_it():
+    graph = import_graph()
+    assert "course_utils.lessons.memory" in graph and "course_utils.core.runtime" in graph["course_utils.core.models"]
+    assert not floor_violations(graph)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from course_utils.lessons import qlora\n", ["course_utils.core.a (floor 1) imports course_utils.lessons (floor 2)",
+                                                  "course_utils.core.a (floor 1) imports course_utils.lessons.qlora (floor 2)"]),
+    ("from course_utils.tools.course import x\n", ["course_utils.core.a (floor 1) imports course_utils.tools.course (floor 4)"]),
+    ("import course_utils.core.b\nfrom course_utils import REPO_ROOT\n", []),
+])
+def test_the_floor_check_sees_an_import_going_up(tmp_path, source, expected):
+    package = tmp_path / "course_utils"
+    for folder, names in {"": [], "core": ["a", "b"], "lessons": ["qlora"], "tools": ["course"]}.items():
+        (package / folder).mkdir(parents=True, exist_ok=True)
+        (package / folder / "__init__.py").write_text("")
+        for n in names:
+            (package / folder / f"{n}.py").write_text("")
+    (package / "core" / "a.py").write_text(source)
+    assert floor_violations(import_graph(package)) == expected
+
+
+def test_the_floor_check_sees_a_sideways_import(tmp_path):
+    package = tmp_path / "course_utils"
+    for folder in ("", "bench", "tools"):
+        (package / folder).mkdir(parents=True, exist_ok=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "tools" / "lab.py").write_text("")
+    (package / "bench" / "quant.py").write_text("from course_utils.tools import lab\n")
+    assert floor_violations(import_graph(package)) == [
+        "course_utils.bench.quant (floor 4) imports course_utils.tools (floor 4)",
+        "course_utils.bench.quant (floor 4) imports course_utils.tools.lab (floor 4)"]

@@ -1,4 +1,4 @@
-"""course_utils.instruction_tuning: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
+"""course_utils.lessons.instruction_tuning: formats, templates (vs TRL and transformers), loss masks, scoring, notebook agreement."""
 
 import math
 import random
@@ -8,9 +8,9 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import instruction_tuning as I
-from course_utils.data import load_rows
-from course_utils.train import IGNORE_INDEX
+from course_utils.core.data import load_rows
+from course_utils.core.train import IGNORE_INDEX
+from course_utils.lessons import instruction_tuning as I
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_instruction_tuning.ipynb"
 ROWS = load_rows("instructions")
@@ -19,7 +19,7 @@ ROWS = load_rows("instructions")
 @pytest.fixture(scope="module")
 def tok():
     """The embedded SmolLM2 tokenizer (no model needed)."""
-    from course_utils.models import load_tokenizer
+    from course_utils.core.models import load_tokenizer
 
     return load_tokenizer("chat", profile="cpu")
 
@@ -145,7 +145,7 @@ def test_trl_rejects_stock_template_and_trains_the_stop_token_with_ours(tok):
 def test_encode_chat_example_matches_trl_preprocessing(tok, tiny_llama, tmp_path):
     from datasets import Dataset
 
-    from course_utils.trl_compat import SFTTrainer, sft_config
+    from course_utils.core.trl_compat import SFTTrainer, sft_config
 
     rows = [r for r in ROWS if len(r["output"]) < 60][:10]
     pc = Dataset.from_list(rows).map(I.alpaca_to_prompt_completion, fn_kwargs={"system": "S."},
@@ -233,7 +233,7 @@ def test_trainer_losses_reads_log_history():
 # --------------------------------------------------------------------------- scoring and generation
 
 def test_score_predictions_uses_em_for_closed_and_chrf_for_open():
-    from course_utils.metrics import chrf
+    from course_utils.core.metrics import chrf
 
     rows = [{"task": "arithmetic", "output": "42"}, {"task": "classify", "output": "positive"},
             {"task": "translate", "output": "감사합니다."}, {"task": "qa", "output": "Paris."}]
@@ -258,7 +258,7 @@ def test_balanced_subset_covers_every_task():
 
 
 def test_generate_batch_matches_generate_reply(embedded):
-    from course_utils.models import generate_reply
+    from course_utils.core.models import generate_reply
 
     model, tok = embedded
     side = tok.padding_side

@@ -1,4 +1,4 @@
-"""`make lab`'s command (course_utils.lab): auth on, loopback by default, --allow-root only as root, no news toast."""
+"""`make lab`'s command (course_utils.tools.lab): auth on, loopback by default, --allow-root only as root, no news toast."""
 
 import json
 import re
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import lab
+from course_utils.tools import lab
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,5 +140,5 @@ def test_dry_run_prints_the_command(monkeypatch, capsys):
 def test_make_lab_uses_the_module():
     text = (REPO / "Makefile").read_text(encoding="utf-8")
     recipe = re.search(r"^lab:.*\n((?:\t.*\n)+)", text, re.M).group(1)
-    assert "-m course_utils.lab" in recipe and "--ip=$(LAB_IP)" in recipe
+    assert "-m course_utils.tools.lab" in recipe and "--ip=$(LAB_IP)" in recipe
     assert re.search(r"^LAB_IP\s*\?=\s*127\.0\.0\.1\s*$", text, re.M)

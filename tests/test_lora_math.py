@@ -1,4 +1,4 @@
-"""course_utils.lora_math: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
+"""course_utils.lessons.lora_math: the math, merge/unmerge, freezing, and parity with peft (tiny Llama and the embedded model)."""
 
 import copy
 import math
@@ -8,9 +8,8 @@ import torch
 from notebook_cells import run_inline
 from torch import nn
 
-from course_utils import lora_math as lora
-from course_utils.course import NOTEBOOK_DIR
-from course_utils.lora_math import (
+from course_utils.lessons import lora_math as lora
+from course_utils.lessons.lora_math import (
     LoRALinear,
     copy_lora_to_peft,
     delta_weight,
@@ -25,6 +24,7 @@ from course_utils.lora_math import (
     remove_lora,
     unmerge_lora,
 )
+from course_utils.tools.course import NOTEBOOK_DIR
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NOTEBOOK = NOTEBOOK_DIR / "03_lora_math.ipynb"
@@ -292,7 +292,7 @@ def test_notebook_inline_core_agrees_with_package(use_rslora):
 
 
 def test_cached_prefix_gives_the_full_models_loss_and_gradients(tiny_llama, toy_batch):
-    from course_utils.lora_math import cache_frozen_prefix, top_layers_only
+    from course_utils.lessons.lora_math import cache_frozen_prefix, top_layers_only
 
     inject_lora(tiny_llama, ["q_proj", "down_proj"], r=2, layers_to_transform=[1])
     _perturb_B(tiny_llama)

@@ -1,4 +1,4 @@
-"""course_utils.memory: the byte counts of training state, each checked exactly against tensors that exist.
+"""course_utils.lessons.memory: the byte counts of training state, each checked exactly against tensors that exist.
 
 (The shape formulas ``ModelShape``/``memory_breakdown``/``activation_values`` are tested with notebook 01's
 parity in tests/test_fine_tuning.py; the sharding of these bytes in tests/test_scaling.py.)
@@ -8,7 +8,7 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import memory
+from course_utils.lessons import memory
 
 
 def _nbytes(*tensors) -> int:
@@ -40,7 +40,7 @@ def test_nf4_bytes_per_weight_is_notebook_04s_formula_and_what_bitsandbytes_stor
     import bitsandbytes.functional as bnbf
     import torch
 
-    from course_utils import quantization as quant
+    from course_utils.lessons import quantization as quant
 
     NF4_BYTES = memory.NF4_DQ_BYTES
     assert NF4_BYTES == quant.bits_per_param(64, double_quant=True) / 8
@@ -64,7 +64,7 @@ def test_optimizer_bytes_equal_adamw_state_tensors():
     """FP32_ADAMW: 4 + 4 + 8 (m and v); MIXED_ADAMW: 2 + 2 + 12 (fp32 master + m + v), counted from torch."""
     import torch
 
-    from course_utils.memory import FP32_ADAMW, MIXED_ADAMW, Precision, training_state_bytes
+    from course_utils.lessons.memory import FP32_ADAMW, MIXED_ADAMW, Precision, training_state_bytes
 
     assert FP32_ADAMW == Precision(weight=4.0, grad=4.0, optimizer=8.0, frozen=4.0)
     assert MIXED_ADAMW == Precision(weight=2.0, grad=2.0, optimizer=12.0, frozen=2.0)
@@ -115,7 +115,7 @@ def test_adamw_state_bytes_match_torch_and_bitsandbytes():
 
 
 def test_notebook_inline_footprint_agrees_with_package():
-    ns = run_inline("07_qlora_unsloth_translation.ipynb", "course_utils.memory footprint")
+    ns = run_inline("07_qlora_unsloth_translation.ipynb", "course_utils.lessons.memory footprint")
     for args in [(3_623_878_656, 197_200_896, 4.127, 2), (100, 7, 4, 4)]:
         assert ns["footprint_bytes"](*args) == memory.footprint_bytes(*args)
 
@@ -124,7 +124,7 @@ def test_footprint_bytes_is_what_an_nf4_weight_and_its_16_bit_neighbours_occupy(
     """Exact against tensors: bitsandbytes' NF4 (double quant) weight + fp16 rest = footprint_bytes + the offset."""
     import bitsandbytes.functional as bnbf
 
-    from course_utils.quantization import bits_per_param
+    from course_utils.lessons.quantization import bits_per_param
 
     n = 64 * 256 * 8                                     # 8 second-level blocks
     w = torch.randn(n // 256, 256, generator=torch.Generator().manual_seed(0))

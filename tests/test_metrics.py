@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from course_utils import metrics
+from course_utils.core import metrics
 
 
 class _Tok:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_utils import models
+from course_utils.core import models
 
 
 def test_registry_resolves_roles_per_profile():

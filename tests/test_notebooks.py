@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import course
 from course_utils.images import load_all
+from course_utils.tools import course
 
 NOTEBOOKS = course.notebooks()
 
@@ -30,16 +30,20 @@ def test_course_map_matches_notebooks_on_disk():
 
 
 def test_every_lesson_has_its_module_and_tests():
-    """notebooks/NN_topic.ipynb ↔ course_utils/<module>.py (or package) ↔ tests/test_<module>.py, for all lessons."""
+    """notebooks/NN_topic.ipynb ↔ course_utils/lessons/<topic>.py (09: the chatbot/ package) ↔ tests/test_<topic>.py."""
     repo = course.NOTEBOOK_DIR.parent
     assert list(course.LESSON_MODULES) == [lesson.file for lesson in course.COURSE_MAP]
-    for notebook, module in course.LESSON_MODULES.items():
-        code = repo / "course_utils" / f"{module}.py"
-        package = repo / "course_utils" / module / "__init__.py"
-        assert code.exists() != package.exists(), f"{notebook}: expected course_utils/{module}.py or {module}/"
+    for notebook, dotted in course.LESSON_MODULES.items():
+        path = dotted.replace(".", "/")
+        code = repo / "course_utils" / f"{path}.py"
+        package = repo / "course_utils" / path / "__init__.py"
+        assert code.exists() != package.exists(), f"{notebook}: expected course_utils/{path}.py or {path}/"
+        assert dotted.startswith("lessons.") or dotted == "chatbot", f"{notebook}: {dotted} is not in lessons/"
+        module = dotted.rpartition(".")[2]
         assert (repo / "tests" / f"test_{module}.py").exists(), f"{notebook}: tests/test_{module}.py is missing"
     stems = [n.split("_", 1)[1].removesuffix(".ipynb") for n in course.LESSON_MODULES]
-    named = [m for n, m in zip(stems, course.LESSON_MODULES.values()) if m in n or n.split("_")[0] in m]
+    modules = [m.rpartition(".")[2] for m in course.LESSON_MODULES.values()]
+    named = [m for n, m in zip(stems, modules) if m in n or n.split("_")[0] in m]
     assert len(named) >= len(stems) - 1, "a lesson module is not named after its lesson (00's preflight aside)"
 
 
@@ -76,14 +80,14 @@ def test_skeleton(path):
     assert "import *" not in code
 
 
-OWN_DATA = re.compile(r"python -m course_utils\.data check (\S+) --schema (\w+)")
+OWN_DATA = re.compile(r"python -m course_utils\.core\.data check (\S+) --schema (\w+)")
 LOADS = re.compile(r"\bload_(?:rows|dataset)\(\s*\"(\w+)\"|^DATA\s*=\s*\"(\w+)\"", re.M)  # nb03: DATA = "..."
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_lessons_on_bundled_data_say_how_to_use_ones_own(path, tmp_path):
     """A notebook that loads a bundled data set shows the learner how to check and load their own file."""
-    from course_utils import data
+    from course_utils.core import data
 
     cells = _cells(path)
     loaded = {a or b for c in cells if c["cell_type"] == "code" for a, b in LOADS.findall(_src(c))}
@@ -91,7 +95,7 @@ def test_lessons_on_bundled_data_say_how_to_use_ones_own(path, tmp_path):
     if not loaded:
         assert not shown, "an own-data line in a notebook that loads no bundled data"
         return
-    assert shown, f"loads {sorted(loaded)} but never says how to use one's own file (course_utils.data check)"
+    assert shown, f"loads {sorted(loaded)} but never says how to use one's own file (course_utils.core.data check)"
     for fname, schema in shown:
         assert schema in loaded and schema in data.SCHEMAS, (schema, loaded)
         own = tmp_path / fname      # the command the line shows, run on a file made of bundled rows

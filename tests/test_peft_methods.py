@@ -8,10 +8,10 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import models
-from course_utils import peft_methods as A
-from course_utils.models import count_parameters
-from course_utils.train import train
+from course_utils.core import models
+from course_utils.core.models import count_parameters
+from course_utils.core.train import train
+from course_utils.lessons import peft_methods as A
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "02_peft_methods.ipynb"
 
@@ -159,7 +159,7 @@ def test_prefix_initialised_from_text_equals_prompting_with_that_text(tiny_llama
 
 
 def test_evaluate_answers_matches_evaluate_loss_and_counts_answer_tokens_only(tiny_llama, toy_batch):
-    from course_utils.train import evaluate_loss
+    from course_utils.core.train import evaluate_loss
 
     batch = dict(toy_batch, labels=toy_batch["labels"].clone())
     batch["labels"][:, :6] = -100

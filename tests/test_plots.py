@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from course_utils.plots import overlapping_ticks, plot_bars, wrap_label  # noqa: E402
+from course_utils.core.plots import overlapping_ticks, plot_bars, wrap_label  # noqa: E402
 
 NB09_WRITES = {"add() · synchronous=NORMAL": 2.1e4, "add() · synchronous=FULL": 310.0,
                "add_many(100) · synchronous=FULL": 4.2e4}   # nb09's three bars (names as the bench makes them)

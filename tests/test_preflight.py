@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from course_utils import preflight as P
-from course_utils import runtime
-from course_utils.memory import PHI3_MINI, memory_breakdown
+from course_utils.core import runtime
+from course_utils.lessons import preflight as P
+from course_utils.lessons.memory import PHI3_MINI, memory_breakdown
 
 GiB = 2**30
 XEON_AMX = """processor\t: 0
@@ -134,7 +134,7 @@ def test_cpu_profile_uses_fp32_and_the_embedded_model(monkeypatch):
 
 
 def test_every_course_notebook_has_a_plan():
-    from course_utils.course import COURSE_MAP
+    from course_utils.tools.course import COURSE_MAP
 
     for profile in ("cpu", "gpu"):
         plans = P.notebook_steps(runtime.settings(profile), 2)
@@ -180,7 +180,7 @@ def test_cpu_with_amx_reports_it_and_still_uses_fp32(monkeypatch, capsys):
 
 
 # Peak RSS of each notebook in the cpu profile (GiB): a thread in the kernel sampled VmRSS and VmHWM every 20 ms
-# (course_utils.train resets VmHWM, so the kernel's ru_maxrss alone undercounts); notebooks as of 2026-12-01, on the
+# (course_utils.core.train resets VmHWM, so the kernel's ru_maxrss alone undercounts); notebooks as of 2026-12-01, on the
 # course's 2-core CI machine (torch 2.13 CPU, AVX512-BF16). Re-measure when a notebook changes what it holds.
 MEASURED_CPU_PEAK_GIB = {"00": 1.40, "01": 3.54, "02": 3.44, "03": 2.02, "04": 3.51, "05": 2.63, "06": 3.31,
                          "07": 3.05, "08": 4.09, "09": 1.82, "10": 2.94}
@@ -231,7 +231,7 @@ def test_the_rehearsal_estimates_the_run_it_rehearses(monkeypatch):
     """Stand-in models and capped sizes on a CPU; the memory is the real gpu run's on the simulated T4."""
     monkeypatch.setenv("COURSE_REHEARSAL", "1")
     no_gpu(monkeypatch)
-    import course_utils.rehearsal as rehearsal
+    import course_utils.core.rehearsal as rehearsal
 
     monkeypatch.setattr(rehearsal, "activate", lambda: None)   # no simulated-GPU patches in this test process
     r = P.preflight(P.probe(cpuinfo=OLD_LAPTOP), profile="gpu")

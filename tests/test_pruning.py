@@ -9,7 +9,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from notebook_cells import run_inline
 
-from course_utils import pruning as P
+from course_utils.lessons import pruning as P
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_pruning.ipynb"
 
@@ -183,7 +183,7 @@ def test_prune_unstructured_and_restore(tiny_llama):
 def test_lora_keeps_mask_until_merge(tiny_llama, toy_batch):
     from peft import LoraConfig, get_peft_model
 
-    from course_utils.train import train
+    from course_utils.core.train import train
 
     lins = _linears(tiny_llama)
     masks = P.prune_unstructured_(lins, 0.5)

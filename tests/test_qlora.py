@@ -7,10 +7,10 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import memory, qlora
 from course_utils.bench import qlora as bench_qlora
 from course_utils.exercises import nb07
-from course_utils.quantization import bits_per_param
+from course_utils.lessons import memory, qlora
+from course_utils.lessons.quantization import bits_per_param
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "07_qlora_unsloth_translation.ipynb"
 HAS_UNSLOTH = importlib.util.find_spec("unsloth") is not None
@@ -82,7 +82,7 @@ def test_course_unsloth_0_forces_the_fallback(monkeypatch):
 
 def test_a_broken_unsloth_on_a_gpu_stops_the_lesson_loudly(no_unsloth, monkeypatch):
     """On a GPU the lesson is Unsloth's: a failed import must not quietly become the plain path."""
-    from course_utils import runtime
+    from course_utils.core import runtime
 
     monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
     with pytest.raises(RuntimeError, match="`import unsloth` failed on this GPU machine"):
@@ -111,7 +111,7 @@ def test_collated_loss_split_reads_the_labels_the_collator_builds():
 # --------------------------------------------------------------------------- fallback: load, train, reload
 
 def test_fallback_trains_only_lora_and_the_adapter_reloads_identically(no_unsloth, tiny_checkpoint, tmp_path):
-    from course_utils.train import train
+    from course_utils.core.train import train
 
     backend = qlora.detect_backend(refresh=True)
     model, tok = qlora.load_4bit_model(str(tiny_checkpoint), max_seq_length=64, dtype=torch.float32)
@@ -251,7 +251,7 @@ def test_for_training_and_for_inference_switch_mode_and_kv_cache(monkeypatch):
 
 
 def test_footprint_arithmetic_matches_bitsandbytes(tiny_checkpoint):
-    from course_utils.models import load_model
+    from course_utils.core.models import load_model
 
     model = load_model(str(tiny_checkpoint), quantization="4bit", dtype=torch.float32)
     n_q, n_other = qlora.param_split(model)
@@ -327,7 +327,7 @@ def test_loftq_init_matches_peft_and_reduces_the_error(num_iter):
 
 
 def test_notebook_inline_loftq_agrees_with_package():
-    ns = run_inline(NOTEBOOK.name, "course_utils.qlora loftq")
+    ns = run_inline(NOTEBOOK.name, "course_utils.lessons.qlora loftq")
     torch.manual_seed(1)
     w = torch.randn(64, 128)
     for num_iter in (1, 2):

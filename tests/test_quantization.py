@@ -1,4 +1,4 @@
-"""course_utils.quantization: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
+"""course_utils.lessons.quantization: formats, linear quantization, NF4/FP4 + double quant (parity with bitsandbytes), QAT."""
 
 import math
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 from notebook_cells import run_inline
 
-from course_utils import quantization as Q
 from course_utils.bench import quant as bench_quant
+from course_utils.lessons import quantization as Q
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
 SHAPES = [(64, 64), (33, 77), (1000,), (3, 5, 7), (1, 1)]   # most are not multiples of the block size

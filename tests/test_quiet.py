@@ -1,4 +1,4 @@
-"""course_utils.quiet: each known message disappears, and only it; the filter is in place before the import."""
+"""course_utils.core.quiet: each known message disappears, and only it; the filter is in place before the import."""
 
 import importlib.util
 import logging
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import quiet
+from course_utils.core import quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
@@ -27,7 +27,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-QUIET = "from course_utils.quiet import quiet_known_warnings; quiet_known_warnings()\n"
+QUIET = "from course_utils.core.quiet import quiet_known_warnings; quiet_known_warnings()\n"
 
 
 @pytest.fixture

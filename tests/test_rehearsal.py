@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r'''
 import json, torch
-from course_utils import rehearsal, runtime
+from course_utils.core import rehearsal, runtime
 assert rehearsal.activate()
 model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3)).to(runtime.settings().device)
 ids = torch.tensor([[1, 2, 3]])
@@ -69,8 +69,8 @@ def test_device_audit_catches_what_a_gpu_would(tmp_path):
 
 
 def test_every_gpu_model_has_a_stand_in():
-    from course_utils.models import REGISTRY
-    from course_utils.standins import SAME_WEIGHTS, _standin_specs
+    from course_utils.core.models import REGISTRY
+    from course_utils.tools.standins import SAME_WEIGHTS, _standin_specs
 
     specs = _standin_specs(100, 0, 1)
     for role, ids in REGISTRY.items():

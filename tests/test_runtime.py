@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from course_utils import runtime
+from course_utils.core import runtime
 
 
 def test_profile_override_and_validation(monkeypatch):
@@ -74,7 +74,7 @@ def test_the_profile_decides_not_the_machine(monkeypatch):
     monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
     s = runtime.settings()
     assert s.device == "cpu" and not s.rehearsal
-    from course_utils.trl_compat import sft_config
+    from course_utils.core.trl_compat import sft_config
 
     args = sft_config(output_dir="/tmp/course-test-sft", max_steps=1)
     assert args.use_cpu and not args.bf16 and not args.fp16
@@ -82,7 +82,7 @@ def test_the_profile_decides_not_the_machine(monkeypatch):
 
 def test_rehearsal_settings_are_the_gpu_branch_capped(monkeypatch):
     monkeypatch.setenv("COURSE_REHEARSAL", "1")
-    monkeypatch.setattr("course_utils.rehearsal.activate", lambda: False)   # no global patching in this process
+    monkeypatch.setattr("course_utils.core.rehearsal.activate", lambda: False)   # no global patching in this process
     s = runtime.settings("gpu")
     assert s.device == "cuda" and s.rehearsal
     assert all(getattr(s, k) <= v for k, v in runtime.REHEARSAL_CAPS.items())
@@ -121,9 +121,9 @@ def test_import_has_no_side_effects():
     import subprocess
     import sys
 
-    code = ("import os, sys; before = dict(os.environ); import course_utils, course_utils.runtime, course_utils.models; "
+    code = ("import os, sys; before = dict(os.environ); import course_utils, course_utils.core.runtime, course_utils.core.models; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
-            "assert 'torch' not in sys.modules; course_utils.runtime.settings('cpu'); "
+            "assert 'torch' not in sys.modules; course_utils.core.runtime.settings('cpu'); "
             "assert os.environ['HF_HUB_OFFLINE'] == '1'")
     env = {k: v for k, v in os.environ.items() if k not in runtime.OFFLINE_VARS}
     env["COURSE_PROFILE"] = "cpu"

@@ -49,7 +49,7 @@ def test_two_process_cpu_run_trains_and_saves_one_adapter(tmp_path):
     import torch
     from peft import PeftModel
 
-    from course_utils.models import load_model
+    from course_utils.core.models import load_model
 
     model = PeftModel.from_pretrained(load_model("chat", profile="cpu"), tmp_path / "adapter")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -58,7 +58,7 @@ def test_two_process_cpu_run_trains_and_saves_one_adapter(tmp_path):
 
 
 def test_zero_stages_shard_the_right_states():
-    from course_utils.scaling import per_gpu_bytes
+    from course_utils.lessons.scaling import per_gpu_bytes
 
     n, k = 1e9, 4
     ddp = per_gpu_bytes(n, scheme="ddp", n_gpus=k)
@@ -71,8 +71,8 @@ def test_zero_stages_shard_the_right_states():
 
 
 def test_lora_and_qlora_accounting():
-    from course_utils.memory import NF4_BASE, NF4_DQ_BYTES
-    from course_utils.scaling import per_gpu_bytes
+    from course_utils.lessons.memory import NF4_BASE, NF4_DQ_BYTES
+    from course_utils.lessons.scaling import per_gpu_bytes
 
     lora = per_gpu_bytes(1e9, trainable_params=1e7)
     assert lora["gradients"] == 2e7 and lora["optimizer"] == 12e7
@@ -83,7 +83,7 @@ def test_lora_and_qlora_accounting():
 
 
 def test_bad_scheme_and_gpu_count():
-    from course_utils.scaling import per_gpu_bytes
+    from course_utils.lessons.scaling import per_gpu_bytes
 
     with pytest.raises(ValueError, match="scheme='zero4'"):
         per_gpu_bytes(1e9, scheme="zero4")

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from course_utils import train as T
+from course_utils.core import train as T
 
 
 class _Tok:
@@ -54,7 +54,7 @@ def test_early_stopping_stops(tiny_llama, toy_batch):
 # them back out without its RSS growing, which is correct for RSS but would make the test meaningless.
 _PEAK_SCRIPT = """
 import torch
-from course_utils.memory import PeakMemory
+from course_utils.core.peak_memory import PeakMemory
 with PeakMemory("cpu") as outer:
     x = torch.ones(64, 2**20)  # 256 MB, freed before the inner block resets the counter
     x.add_(1)
@@ -83,7 +83,7 @@ def test_evaluate_loss_matches_model_loss(tiny_llama, toy_batch):
 
 def test_padding_free_batch_has_the_same_loss_and_gradient(tiny_llama):
     """Packing a padded batch into one row with restarting position_ids changes nothing the model learns."""
-    from course_utils.train import collate, pad_share, padding_free
+    from course_utils.core.train import collate, pad_share, padding_free
 
     g = torch.Generator().manual_seed(3)
     examples = [{"input_ids": torch.randint(0, 64, (n,), generator=g).tolist()} for n in (9, 4, 12, 6)]

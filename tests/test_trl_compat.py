@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from course_utils.trl_compat import TorchLogProbs
+from course_utils.core.trl_compat import TorchLogProbs
 
 
 def _reference(hidden, weight, bias, targets, temperature):
@@ -39,7 +39,7 @@ def test_sft_trainer_trains_on_cpu(tmp_path, tiny_llama):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from course_utils.trl_compat import SFTTrainer, sft_config
+    from course_utils.core.trl_compat import SFTTrainer, sft_config
 
     vocab = {f"w{i}": i for i in range(60)} | {"<unk>": 60, "<pad>": 61, "<eos>": 62}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -62,7 +62,7 @@ def test_sft_config_turns_gradient_checkpointing_on_only_when_asked(tmp_path):
 
     from trl import SFTConfig
 
-    from course_utils.trl_compat import sft_config
+    from course_utils.core.trl_compat import sft_config
 
     assert {f.name: f.default for f in dataclasses.fields(SFTConfig)}["gradient_checkpointing"] is True  # TRL's
     default = sft_config(output_dir=str(tmp_path))
@@ -76,8 +76,8 @@ def test_a_trainer_prints_one_efficiency_line_with_the_cost_of_checkpointing(tmp
     """Every Trainer gets the EfficiencyCallback; with gradient checkpointing switched on, its cost is measured."""
     from datasets import Dataset
 
-    from course_utils import efficiency, peaks
-    from course_utils.trl_compat import SFTTrainer, sft_config
+    from course_utils.core import efficiency, peaks
+    from course_utils.core.trl_compat import SFTTrainer, sft_config
 
     monkeypatch.setattr(efficiency, "_in_ipython", lambda: None)
     monkeypatch.setattr(peaks, "machine_peaks", lambda device="cpu", measure=None: {"fp32": 1e11, "bf16": 1e11})

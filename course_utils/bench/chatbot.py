@@ -42,7 +42,7 @@ def bench_feedback_writes(n: int = 2000, n_full: int = 200, batch: int = 100, ro
 
 
 def _bench_bot(root: Path, n_trigger: int, background: bool, config: ChatbotConfig | None = None):
-    from course_utils.models import load_model, load_tokenizer
+    from course_utils.core.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer("chat"), load_model("chat")
     cfg = config or ChatbotConfig.from_settings(n_trigger=n_trigger)

@@ -13,7 +13,7 @@ One run (cpu profile, about 2–3 minutes on 2 cores) measures
 - generation (batch 1, greedy, KV cache): decode tokens/s against the memory-bandwidth bound, bandwidth / bytes of
   the weights (every weight read once per new token);
 - the trainer's overhead: the plain PyTorch LoRA step against TRL's ``SFTTrainer`` (built with
-  ``course_utils.trl_compat.sft_config``) on the same batch, with and without gradient checkpointing;
+  ``course_utils.core.trl_compat.sft_config``) on the same batch, with and without gradient checkpointing;
 
 prints one table of ratios, and for every goal missed (LoRA and full ≥ 70 % of the matmul peak, QLoRA ≥ 50 %,
 generation ≥ 50 % of the bandwidth bound) a torch.profiler table of the top ops by self CPU time.
@@ -45,9 +45,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from course_utils.models import LORA_TARGETS
-from course_utils.peaks import matmul_flops
-from course_utils.runtime import wall_times
+from course_utils.core.models import LORA_TARGETS
+from course_utils.core.peaks import matmul_flops
+from course_utils.core.runtime import wall_times
 
 SEVEN = LORA_TARGETS   # LoRA on all seven projections
 GOALS = {"lora": 0.70, "full": 0.70, "qlora": 0.50, "generation": 0.50}
@@ -228,7 +228,7 @@ def _step_fn(model, batch, lr: float, autocast_dtype=None, adamw: str = "fused")
     """One complete plain-PyTorch training step (zero_grad, forward + loss, backward, AdamW step) as a closure.
 
     ``autocast_dtype=torch.bfloat16``: the forward under ``torch.autocast("cpu")`` (fp32 master weights kept).
-    ``adamw``: one of ``ADAMW_VARIANTS``; "fused" is what ``course_utils.train.adamw`` (the course's loop) and
+    ``adamw``: one of ``ADAMW_VARIANTS``; "fused" is what ``course_utils.core.train.adamw`` (the course's loop) and
     TRL (``optim="adamw_torch_fused"``, its default on torch ≥ 2.8) use.
     """
     import torch
@@ -291,8 +291,8 @@ def _trl_step_s(tok, batch, gradient_checkpointing: bool, steps: int = 1 + REPEA
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from course_utils.models import load_model
-    from course_utils.trl_compat import SFTTrainer, sft_config
+    from course_utils.core.models import load_model
+    from course_utils.core.trl_compat import SFTTrainer, sft_config
 
     class Ends(TrainerCallback):
         def __init__(self):
@@ -319,10 +319,10 @@ def _padding_ratio(tok, model, repeats: int) -> dict:
     """The lessons' own batches: their pad share, and the LoRA step over all of them padded vs padding-free.
 
     The batches are nb01/nb02's (domain_qa, batch 4, length ≤ 64); padding-free is
-    ``course_utils.train.padding_free``."""
-    from course_utils.data import load_rows
-    from course_utils.fine_tuning import qa_pairs
-    from course_utils.train import make_batches, pad_share, padding_free
+    ``course_utils.core.train.padding_free``."""
+    from course_utils.core.data import load_rows
+    from course_utils.core.train import make_batches, pad_share, padding_free
+    from course_utils.lessons.fine_tuning import qa_pairs
 
     batches = make_batches(tok, *qa_pairs(load_rows("domain_qa", "train")), batch_size=4, seq_len=64)[:8]
     free = [padding_free(b) for b in batches]
@@ -360,7 +360,7 @@ def _machine() -> dict:
 
 def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
     """Measure everything above, print the table (and the profiles of missed goals), return the numbers."""
-    from course_utils.runtime import apply_offline_defaults, profile_name
+    from course_utils.core.runtime import apply_offline_defaults, profile_name
 
     apply_offline_defaults()
     os.environ.setdefault("COURSE_EFFICIENCY", "0")   # the Trainers' own efficiency lines: this table says it all
@@ -369,7 +369,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
         return {"skipped": "not the cpu profile"}
     import torch
 
-    from course_utils.models import load_model, load_tokenizer
+    from course_utils.core.models import load_model, load_tokenizer
 
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
@@ -441,7 +441,7 @@ def run(repeats: int = REPEATS, verbose: bool = True) -> dict:
         f"padding-free (train.padding_free, exact) {padding['free_s']:.3f} s = {padding['ratio']:.2f}× the time")
     trl_off = _trl_step_s(tok, batch, gradient_checkpointing=False)
     trl_on = _trl_step_s(tok, batch, gradient_checkpointing=True)
-    from course_utils.trl_compat import sft_config
+    from course_utils.core.trl_compat import sft_config
 
     with tempfile.TemporaryDirectory() as out:
         default_gc = bool(sft_config(output_dir=out).gradient_checkpointing)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from course_utils.memory import PeakMemory
-from course_utils.models import count_parameters
-from course_utils.qlora import (
+from course_utils.core.models import count_parameters
+from course_utils.core.peak_memory import PeakMemory
+from course_utils.lessons.qlora import (
     Backend,
     add_lora,
     import_unsloth,

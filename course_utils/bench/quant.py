@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from course_utils.quantization import dequantize_4bit, quantize_4bit
-from course_utils.runtime import median_time
+from course_utils.core.runtime import median_time
+from course_utils.lessons.quantization import dequantize_4bit, quantize_4bit
 
 
 def bench_nf4(size: int = 4096, repeats: int = 3, double_quant: bool = True, seed: int = 0) -> dict:

@@ -11,7 +11,7 @@ import torch
 from course_utils.chatbot.config import ChatbotConfig
 from course_utils.chatbot.registry import AdapterIntegrityError
 from course_utils.chatbot.store import DOMAINS
-from course_utils.models import chat_prompt
+from course_utils.core.models import chat_prompt
 
 
 def clone_sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
@@ -57,7 +57,7 @@ class LoraBackend:
     def __init__(self, model, tokenizer, eval_sets: dict[str, list[tuple[str, str]]], config: ChatbotConfig):
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
-        from course_utils.train import make_batches
+        from course_utils.core.train import make_batches
 
         self.cfg, self.tok = config, tokenizer
         n = model.config.num_hidden_layers
@@ -125,7 +125,7 @@ class LoraBackend:
     # ------------------------------------------------------------------ the four backend methods
     def evaluate(self, domain: str, state: dict | None) -> float:
         """Mean held-out answer loss (completion tokens only) of ``state`` on ``domain``'s test QA."""
-        from course_utils.train import evaluate_loss
+        from course_utils.core.train import evaluate_loss
 
         with self.train_lock:
             self._load(self.trainer, state, "candidate")
@@ -136,7 +136,7 @@ class LoraBackend:
         """Fine-tune the candidate adapter from ``start`` on (question, answer) pairs; return (state, result)."""
         from peft import get_peft_model_state_dict
 
-        from course_utils.train import make_batches, train
+        from course_utils.core.train import make_batches, train
 
         cfg = self.cfg
         with self.train_lock:
@@ -155,7 +155,7 @@ class LoraBackend:
 
     def answer(self, question: str, domain: str, max_new_tokens: int | None = None) -> str:
         """Greedy answer with the serving adapter of ``domain`` (switched with peft's ``set_adapter``)."""
-        from course_utils.models import generate_reply
+        from course_utils.core.models import generate_reply
 
         with self.serve_lock:
             self.serving.set_adapter(domain, inference_mode=True)

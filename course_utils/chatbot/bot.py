@@ -28,12 +28,12 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from course_utils import REPO_ROOT
 from course_utils.chatbot.backend import LoraBackend
 from course_utils.chatbot.config import ChatbotConfig
 from course_utils.chatbot.registry import AdapterRegistry
 from course_utils.chatbot.store import DOMAINS, FeedbackStore
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "outputs" / "chatbot"
 
 
@@ -320,7 +320,7 @@ class Chatbot:
 
 def qa_pairs_by_domain(split: str) -> dict[str, list[tuple[str, str]]]:
     """(question, answer) pairs of ``data/ko_tax_qa.jsonl`` per domain for one split."""
-    from course_utils.data import load_rows
+    from course_utils.core.data import load_rows
 
     rows = load_rows("ko_tax_qa", split)
     return {d: [(r["question"], r["answer"]) for r in rows if r["domain"] == d] for d in DOMAINS}

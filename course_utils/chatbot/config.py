@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from course_utils.models import LORA_TARGETS
+from course_utils.core.models import LORA_TARGETS
 
 # English and short on purpose: this tokenizer spends about 3 tokens per Korean syllable, and every prompt
 # token costs training time. Measured: the empty chat template takes 47 tokens with the Korean system prompt
@@ -52,11 +52,11 @@ class ChatbotConfig:
         Korean needs about 2× the tokens of English text; a round runs the profile's steps but at most two
         passes over its examples; on a CPU, LoRA only in the last 8 layers (a shorter backward pass).
 
-        >>> from course_utils.runtime import settings
+        >>> from course_utils.core.runtime import settings
         >>> ChatbotConfig.from_settings(settings("cpu")).seq_len
         128
         """
-        from course_utils.runtime import settings
+        from course_utils.core.runtime import settings
 
         s = s or settings()
         n = overrides.get("n_trigger", DEFAULT_N_TRIGGER)

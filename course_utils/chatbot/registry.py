@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from course_utils.models import sha256_file
+from course_utils.core.models import sha256_file
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from course_utils.data import SCHEMAS
+from course_utils.core.data import SCHEMAS
 
 DOMAINS = SCHEMAS["ko_tax_qa"]["domain"][1]   # ("tax", "accounting", "general"): the data set's domains, one adapter each
 MAX_TEXT_CHARS = 2000       # per question / answer; the course data's longest answer has 107 characters
@@ -386,7 +386,9 @@ def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 
     import sys
     import time
 
-    root = Path(__file__).resolve().parent.parent
+    from course_utils import REPO_ROOT
+
+    root = REPO_ROOT
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), synchronous], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

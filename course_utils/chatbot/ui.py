@@ -134,7 +134,7 @@ def plot_dashboard(mon: dict, rounds: list[dict]):
     """Three panels: buffer vs trigger, held-out loss per round (live vs candidate), live versions."""
     import matplotlib.pyplot as plt
 
-    from course_utils.plots import PALETTE
+    from course_utils.core.plots import PALETTE
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 1.6, 1]})
     ax = axes[0]

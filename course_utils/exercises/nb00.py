@@ -24,7 +24,7 @@ q1 = Exercise(
 
 
 def _active() -> str:
-    from course_utils.runtime import profile_name
+    from course_utils.core.runtime import profile_name
 
     return profile_name()
 
@@ -40,7 +40,7 @@ q2 = Exercise(
     name="Q2 🐢 which profile is active?",
     checker=_check_q2,
     hint_text="`print_env()` printed it, and `settings().profile` returns it.",
-    solution_text="```python\nfrom course_utils.runtime import settings\nmy_profile = settings().profile\n```",
+    solution_text="```python\nfrom course_utils.core.runtime import settings\nmy_profile = settings().profile\n```",
     solution_answer=lambda: (_active(),),
     wrong_answer=lambda: ("gpu" if _active() == "cpu" else "cpu",),
 )

@@ -26,7 +26,7 @@ q1 = Exercise(
     hint_text="One adapter: down Linear(576, 32) = 576·32 + 32, up Linear(32, 576) = 32·576 + 576. "
               "Two adapters per layer, 30 layers.",
     solution_text=f"```python\nn_adapter_params = 30 * 2 * (2 * 576 * 32 + 32 + 576)   # = {_ADAPTER:,}\n```\n"
-                  "`course_utils.peft_methods.adapter_param_count(576, 32, 30)` gives the same.",
+                  "`course_utils.lessons.peft_methods.adapter_param_count(576, 32, 30)` gives the same.",
     solution_answer=lambda: (_ADAPTER,),
     wrong_answer=lambda: (_L * 2 * 2 * _D * _B,),
 )

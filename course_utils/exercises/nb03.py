@@ -9,7 +9,7 @@ import math
 import torch
 
 from course_utils.exercises import Exercise, Incorrect, ____, expect_number
-from course_utils.lora_math import delta_weight, energy_captured, lora_scaling
+from course_utils.lessons.lora_math import delta_weight, energy_captured, lora_scaling
 
 # ----------------------------------------------------------------------------- Q1: count parameters
 

@@ -10,7 +10,7 @@ LAYERS, HIDDEN, MLP, VOCAB = 32, 3072, 8192, 32064
 # Linear weights per layer (what NF4 quantizes): q, k, v, o (3072×3072 each), gate, up (3072→8192), down (8192→3072)
 N_QUANTIZED = LAYERS * (4 * HIDDEN * HIDDEN + 3 * HIDDEN * MLP)
 N_OTHER = 2 * VOCAB * HIDDEN + (2 * LAYERS + 1) * HIDDEN  # embed_tokens + lm_head + RMSNorm weights
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = course_utils.quantization.bits_per_param(64, double_quant=True)
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = course_utils.lessons.quantization.bits_per_param(64, double_quant=True)
 
 
 def _expected_example() -> dict:
@@ -47,7 +47,7 @@ example = {{
                {{"role": "user", "content": "{EN}"}}],
     "completion": [{{"role": "assistant", "content": "{KO}"}}],
 }}
-# the same as course_utils.qlora.translation_example("{EN}", "{KO}")
+# the same as course_utils.lessons.qlora.translation_example("{EN}", "{KO}")
 ```""",
     solution_answer=lambda: (_expected_example(),),
     wrong_answer=lambda: ({"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": EN},

@@ -1,8 +1,8 @@
 """Exercises of notebook 08 (instruction tuning)."""
 
+from course_utils.core.train import IGNORE_INDEX
 from course_utils.exercises import Exercise, Incorrect, expect_number
-from course_utils.instruction_tuning import alpaca_to_messages
-from course_utils.train import IGNORE_INDEX
+from course_utils.lessons.instruction_tuning import alpaca_to_messages
 
 # --------------------------------------------------------------------------- Q1: Alpaca row → messages
 Q1_ROW = {"instruction": "다음 식을 계산하세요. 답은 숫자만 쓰세요.", "input": "96 - 38", "output": "58"}

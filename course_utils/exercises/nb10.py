@@ -1,7 +1,7 @@
 """Exercises of notebook 10 (scaling out)."""
 
 from course_utils.exercises import Exercise, Incorrect, expect_number
-from course_utils.scaling import per_gpu_gb
+from course_utils.lessons.scaling import per_gpu_gb
 
 
 def _q1_answer() -> float:

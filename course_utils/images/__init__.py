@@ -11,7 +11,9 @@ import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
-IMAGE_DIR = Path(__file__).resolve().parent.parent.parent / "images"
+from course_utils import REPO_ROOT
+
+IMAGE_DIR = REPO_ROOT / "images"
 FIGURES: dict[str, Callable] = {}
 
 

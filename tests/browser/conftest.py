@@ -1,6 +1,6 @@
 """The real-browser test's fixtures: `make lab`'s JupyterLab on a copy of notebooks/, and headless Chromium.
 
-The server is started through ``python -m course_utils.lab`` (what `make lab` runs): loopback, its own random
+The server is started through ``python -m course_utils.tools.lab`` (what `make lab` runs): loopback, its own random
 token (read from the URL it prints), ``--allow-root`` when root. It serves a *copy* of notebooks/ in a temp
 folder, with autosave off in a throw-away user-settings folder: nothing the browser runs can reach the
 committed notebooks. Chromium is Debian's ``chromium`` + ``chromium-driver``, driven by selenium, never a
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import course, lab
+from course_utils.tools import course, lab
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", REPO / "outputs" / "screenshots"))
@@ -93,11 +93,11 @@ def lab_server(tmp_path_factory):
     settings.mkdir(parents=True)
     (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}), encoding="utf-8")
     port = free_port()
-    cmd = [sys.executable, "-m", "course_utils.lab", "--ip=127.0.0.1", f"--port={port}", f"--notebook-dir={root}",
+    cmd = [sys.executable, "-m", "course_utils.tools.lab", "--ip=127.0.0.1", f"--port={port}", f"--notebook-dir={root}",
            f"--LabApp.user_settings_dir={base_dir / 'user-settings'}",
            f"--LabApp.workspaces_dir={base_dir / 'workspaces'}"]
     env = {**os.environ, **SERVER_ENV}
-    env.pop("DISPLAY", None)  # no display: course_utils.lab then adds --ServerApp.open_browser=False
+    env.pop("DISPLAY", None)  # no display: course_utils.tools.lab then adds --ServerApp.open_browser=False
     env.pop("WAYLAND_DISPLAY", None)
     logfile = open(SCREENSHOTS / "lab-server.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     logfile.write(" ".join(cmd) + "\n")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import course
+from course_utils.tools import course
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", REPO / "outputs" / "screenshots"))  # as conftest.py

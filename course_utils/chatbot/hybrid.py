@@ -1,7 +1,7 @@
 """The seed capstone's "lightweight fine-tuning": LoRA and bottleneck adapters trained together.
 
 The seed trains LoRA matrices and Houlsby bottleneck adapters in one optimizer. peft has no bottleneck
-adapter, so the course's own (``course_utils.peft_methods``, notebook 02) is attached next to peft's LoRA here,
+adapter, so the course's own (``course_utils.lessons.peft_methods``, notebook 02) is attached next to peft's LoRA here,
 on the same decoder layers, and both are trained together. It is a building block, tested against peft and
 against its parameter budget (tests/test_hybrid.py); no notebook uses it yet (issue 15: a comparison with LoRA
 alone in notebook 09 did not learn within the cpu profile's budget, so it was left out).
@@ -21,8 +21,13 @@ import itertools
 
 import torch
 
-from course_utils.fine_tuning import decoder_layers
-from course_utils.peft_methods import ADAPTER_POINTS, BottleneckAdapter, adapter_param_count, apply_adapter
+from course_utils.lessons.fine_tuning import decoder_layers
+from course_utils.lessons.peft_methods import (
+    ADAPTER_POINTS,
+    BottleneckAdapter,
+    adapter_param_count,
+    apply_adapter,
+)
 
 
 def shared_base(peft_model) -> torch.nn.Module:
@@ -48,7 +53,7 @@ def attach_adapters(model, layers: list[int] | None, bottleneck: int,
                     activation: str = "gelu") -> list[BottleneckAdapter]:
     """A trainable ``BottleneckAdapter`` after the attention and the MLP of the decoder ``layers`` (None: all).
 
-    Uses ``course_utils.peft_methods``' module and forward hook, so ``adapters.adapter_modules`` and
+    Uses ``course_utils.lessons.peft_methods``' module and forward hook, so ``adapters.adapter_modules`` and
     ``remove_adapters`` see them; the base stays as frozen as it was (LoRA's parameters keep their flags).
     """
     blocks = decoder_layers(getattr(model, "get_base_model", lambda: model)())

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from course_utils.memory import PeakMemory
-from course_utils.runtime import autocast, device_of, synchronize, to_device
+from course_utils.core.peak_memory import PeakMemory
+from course_utils.core.runtime import autocast, device_of, synchronize, to_device
 
 IGNORE_INDEX = -100  # label value that the cross-entropy skips (prompt and padding tokens)
 
@@ -152,12 +152,12 @@ def train(model, batches: list[dict], steps: int, lr: float = 2e-4, *, params=No
     and ``eval_every`` the validation loss is recorded; with ``patience`` training stops early after
     that many evaluations without improvement. ``on_step(step, loss)`` is called after each step.
     On a CPU with fast bf16 the forward runs under ``runtime.autocast`` (fp32 weights and optimizer state); the
-    run's efficiency line (tokens/s, peak memory, MFU) is reported to ``course_utils.efficiency``.
+    run's efficiency line (tokens/s, peak memory, MFU) is reported to ``course_utils.core.efficiency``.
     """
     from tqdm.auto import tqdm
 
-    from course_utils.efficiency import Meter
-    from course_utils.models import count_parameters
+    from course_utils.core.efficiency import Meter
+    from course_utils.core.models import count_parameters
 
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:

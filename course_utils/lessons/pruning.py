@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_utils.models import LORA_TARGETS
+from course_utils.core.models import LORA_TARGETS
 
 ATTN_KINDS = LORA_TARGETS[:4]   # q, k, v, o
 MLP_KINDS = LORA_TARGETS[4:]    # gate, up, down

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from course_utils.models import decoder_layers
+from course_utils.core.models import decoder_layers
 
 # --------------------------------------------------------------------------- the math, in one place
 

@@ -1,7 +1,7 @@
 """The JupyterLab command behind ``make lab``: safe by default, and usable as root (every container).
 
-    python -m course_utils.lab                       # 127.0.0.1:8888, token auth, serves notebooks/
-    python -m course_utils.lab --ip 0.0.0.0          # a container: reachable from outside, token still on
+    python -m course_utils.tools.lab                       # 127.0.0.1:8888, token auth, serves notebooks/
+    python -m course_utils.tools.lab --ip 0.0.0.0          # a container: reachable from outside, token still on
     LAB_IP=0.0.0.0 make lab                          # the same through make
 
 What the command does and why:
@@ -14,9 +14,9 @@ What the command does and why:
   ``LAB_IP=0.0.0.0`` explicitly; the token is then the only thing between the port and a Python shell.
 - It serves ``notebooks/`` (``--notebook-dir``), not the repository root: the notebooks need nothing outside
   it, since their concept images are cell attachments written from ``images/`` by
-  ``python -m course_utils.course images`` (a ``../images/`` link would 404 here, and on Colab).
+  ``python -m course_utils.tools.course images`` (a ``../images/`` link would 404 here, and on Colab).
 - No "Would you like to get notified about official Jupyter news?" toast (it covers the chat's Send button on
-  first start): ``course_utils/lab_settings/overrides.json`` sets the notification defaults to "never fetch
+  first start): ``course_utils/tools/lab_settings/overrides.json`` sets the notification defaults to "never fetch
   news" and no update check, and ``--LabApp.news_url=None`` stops the server fetching the feed at all. A
   learner can still change both in Settings → Notifications.
 """
@@ -103,7 +103,7 @@ def lab_command(ip: str | None = None, port: int | str | None = None, root: str 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_utils.lab", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m course_utils.tools.lab", description=__doc__.splitlines()[0],
                                      epilog="Any further options are passed to `jupyter lab`.")
     parser.add_argument("--ip", default=None, help=f"address to listen on (default $LAB_IP or {DEFAULT_IP})")
     parser.add_argument("--port", default=None, help=f"port (default $LAB_PORT or {DEFAULT_PORT})")
@@ -113,11 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cmd = lab_command(args.ip, args.port, args.notebook_dir, extra=extra)
     except ValueError as e:
-        print(f"course_utils.lab: {e}", file=sys.stderr)
+        print(f"course_utils.tools.lab: {e}", file=sys.stderr)
         return 2
     ip = resolve_ip(args.ip)
     if ip not in LOOPBACK:
-        print(f"course_utils.lab: listening on {ip}: anyone who can reach this port gets the login page; "
+        print(f"course_utils.tools.lab: listening on {ip}: anyone who can reach this port gets the login page; "
               "the token JupyterLab prints below is required to get in. Keep it secret.", flush=True)
     if args.dry_run:
         print(" ".join(cmd))

@@ -3,7 +3,7 @@
 Training state per parameter, in bytes, with mixed precision and AdamW (the ZeRO paper's accounting):
 2 (bf16 weight) + 2 (bf16 gradient) + 12 (fp32 master weight, Adam m and v) = 16 bytes. A frozen weight needs
 only its storage (2 bytes in bf16, ≈ 0.516 in NF4). Those bytes per state are memory arithmetic and live in
-``course_utils.memory`` (``Precision``, ``MIXED_ADAMW``, ``FP32_ADAMW``, ``NF4_BASE``, ``training_state_bytes``);
+``course_utils.lessons.memory`` (``Precision``, ``MIXED_ADAMW``, ``FP32_ADAMW``, ``NF4_BASE``, ``training_state_bytes``);
 this module holds the sharding. Sharding divides a state by the number of GPUs N:
 
 | scheme | weights | gradients | optimizer states |
@@ -19,7 +19,7 @@ this module holds the sharding. Sharding divides a state by the number of GPUs N
 
 from __future__ import annotations
 
-from course_utils.memory import MIXED_ADAMW, Precision, training_state_bytes
+from course_utils.lessons.memory import MIXED_ADAMW, Precision, training_state_bytes
 
 GB = 1e9
 SCHEMES = ("ddp", "zero1", "zero2", "zero3", "fsdp_shard_grad_op", "fsdp_full_shard")

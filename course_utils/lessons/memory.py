@@ -2,11 +2,11 @@
 state and activation for full fine-tuning, LoRA and QLoRA, from a model's shape or parameter counts.
 
 Every byte count derives from a few definitions here: the sizes of fp32 and 16-bit values (from torch),
-AdamW's two moments, and NF4's bytes per weight (from ``course_utils.quantization.bits_per_param``,
+AdamW's two moments, and NF4's bytes per weight (from ``course_utils.lessons.quantization.bits_per_param``,
 notebook 04). Built on them: ``memory_breakdown`` (a model shape), ``Precision`` and ``training_state_bytes``
-(the per-state bytes that notebook 10's sharding, ``course_utils.scaling``, divides among GPUs), QLoRA's
+(the per-state bytes that notebook 10's sharding, ``course_utils.lessons.scaling``, divides among GPUs), QLoRA's
 whole-model ``footprint_bytes`` and AdamW's ``adamw_state_bytes`` (notebook 07), each checked against
-tensors that exist (``state_bytes``, ``saved_activation_bytes``) or the process's peak (``PeakMemory``).
+tensors that exist (``state_bytes``, ``saved_activation_bytes``) or the process's peak (``course_utils.core.peak_memory.PeakMemory``).
 
 >>> shape = ModelShape("toy", layers=2, hidden=8, intermediate=16, heads=2, kv_dim=8, vocab=32)
 >>> shape.linear_params, shape.lora_params(4)
@@ -16,13 +16,11 @@ tensors that exist (``state_bytes``, ``saved_activation_bytes``) or the process'
 from __future__ import annotations
 
 import math
-import os
-import threading
 from dataclasses import dataclass
 
 import torch
 
-from course_utils.quantization import bits_per_param
+from course_utils.lessons.quantization import bits_per_param
 
 FP32_BYTES = torch.finfo(torch.float32).bits // 8    # 4: fp32 weights, master copies, Adam moments, absmax
 HALF_BYTES = torch.finfo(torch.bfloat16).bits // 8   # 2: a bf16 (or fp16) weight or gradient
@@ -191,7 +189,7 @@ def training_state_bytes(total_params: float, trainable_params: float | None = N
 def footprint_bytes(n_quantized: int, n_other: int, bits_quantized: float = 4.0, bytes_other: float = 2.0) -> float:
     """Weight memory in bytes: quantized Linear weights at ``bits_quantized`` bits, the rest at ``bytes_other``.
 
-    Bits per NF4 weight come from notebook 04: ``course_utils.quantization.bits_per_param(64, double_quant=True)``
+    Bits per NF4 weight come from notebook 04: ``course_utils.lessons.quantization.bits_per_param(64, double_quant=True)``
     = 4 + 8/64 + 32/(64·256) ≈ 4.127 (4-bit code + double-quantized block scale).
 
     >>> round(footprint_bytes(3_623_878_656, 197_200_896, bits_per_param(64, double_quant=True), 2) / 1e9, 3)
@@ -266,106 +264,3 @@ def saved_activation_bytes(model, batch: dict) -> int:
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
-
-
-# --------------------------------------------------------------------------- peak memory of a block (measured)
-
-def rss_mb() -> float:
-    """Resident memory of this process in MB."""
-    import psutil
-
-    return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-
-def _reset_rss_high_water_mark() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux ≥ 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # "5" resets VmHWM to the current RSS (see proc(5))
-        return True
-    except OSError:
-        return False
-
-
-def rss_high_water_mb() -> float | None:
-    """Peak resident memory since the last reset in MB (Linux VmHWM), or None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB → MB
-    except OSError:
-        pass
-    return None
-
-
-class PeakMemory:
-    """Context manager measuring peak memory in MB: CUDA allocator peak, or peak RSS on CPU.
-
-    ``device`` defaults to the profile's (``runtime.settings().device``). In the rehearsal the GPU is simulated
-    and its tensors live in RAM, so there the peak is RSS too.
-
-    On Linux the CPU peak is the kernel's own high-water mark (exact, even for an allocation
-    freed a microsecond later); elsewhere it falls back to sampling RSS every `interval_s`.
-
-    >>> with PeakMemory("cpu") as mem:
-    ...     x = torch.ones(2**20)   # 4 MiB
-    >>> mem.peak_mb >= mem.baseline_mb > 0 and mem.delta_mb == mem.peak_mb - mem.baseline_mb
-    True
-    """
-
-    def __init__(self, device: str | None = None, interval_s: float = 0.005):
-        from course_utils.runtime import real_cuda, settings
-
-        self.device = device or settings().device
-        self._cuda = self.device == "cuda" and real_cuda()
-        self.interval_s = interval_s
-        self.baseline_mb = self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._kernel_hwm = False
-
-    _active: list[PeakMemory] = []  # open CPU measurements, outermost first
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, rss_mb())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakMemory:
-        if self._cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline_mb = torch.cuda.memory_allocated() / 2**20
-        else:
-            # Resetting the counter would erase an enclosing PeakMemory's peak: hand it over first.
-            self._share_peak(rss_high_water_mb())
-            self._kernel_hwm = _reset_rss_high_water_mark() and rss_high_water_mb() is not None
-            PeakMemory._active.append(self)
-            self.baseline_mb = self.peak_mb = rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, rss_mb())
-            if self._kernel_hwm:
-                self.peak_mb = max(self.peak_mb, rss_high_water_mb() or 0.0)
-            PeakMemory._active.remove(self)
-            self._share_peak(self.peak_mb)
-
-    @staticmethod
-    def _share_peak(mb: float | None) -> None:
-        for outer in PeakMemory._active:
-            if outer._kernel_hwm and mb is not None:
-                outer.peak_mb = max(outer.peak_mb, mb)
-
-    @property
-    def delta_mb(self) -> float:
-        """Peak above the memory in use when the block started."""
-        return self.peak_mb - self.baseline_mb

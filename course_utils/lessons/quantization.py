@@ -671,7 +671,7 @@ def outlier_linears(model: nn.Module, batch: dict, threshold: float = 20.0) -> l
 
 def cpu_fp32_copy(model: nn.Module) -> nn.Module:
     """``model`` itself if it is an fp32 model on the CPU, else a CPU fp32 copy (for CPU-only kernels)."""
-    from course_utils.runtime import device_of
+    from course_utils.core.runtime import device_of
 
     p = next(model.parameters())
     if device_of(model).type == "cpu" and p.dtype == torch.float32:

@@ -6,7 +6,7 @@ the line number and what is wrong. Nothing is silently dropped: a UTF-8 BOM (Win
 
 Check your own file before training on it (exit code 0 when it is valid, 1 with file:line errors if not):
 
-    python -m course_utils.data check my_data.jsonl --schema domain_qa
+    python -m course_utils.core.data check my_data.jsonl --schema domain_qa
 
     >>> ds = load_dataset("en_ko_translation", split="train")
     >>> ds[0]["en"], ds[0]["ko"]
@@ -21,7 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+from course_utils import REPO_ROOT
+
+DATA_DIR = REPO_ROOT / "data"
 
 SCHEMA_FILE = DATA_DIR / "schema.json"   # the one definition of every data set's fields (data/validate_data.py reads it too)
 
@@ -239,7 +241,7 @@ def check_file(path: str | Path, schema_name: str, *, max_errors: int = 20, out=
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m course_utils.data",
+    parser = argparse.ArgumentParser(prog="python -m course_utils.core.data",
                                      description="Validate your own JSONL data before training on it.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check FILE against a bundled schema",

@@ -1,11 +1,11 @@
-"""Stand-in hub models for the gpu rehearsal (``course_utils.rehearsal``): each hub model of the gpu profile
+"""Stand-in hub models for the gpu rehearsal (``course_utils.core.rehearsal``): each hub model of the gpu profile
 (``models.REGISTRY``) as a small model of the same architecture, registered under its real id in a local
 Hugging Face cache, so that ``from_pretrained`` and Unsloth's loader find it as they would after a download.
 
-    $ python -m course_utils.standins build        # the stand-in cache (about 10 s, once)
-    $ python -m course_utils.standins cache        # print its folder (for HF_HUB_CACHE)
+    $ python -m course_utils.tools.standins build        # the stand-in cache (about 10 s, once)
+    $ python -m course_utils.tools.standins cache        # print its folder (for HF_HUB_CACHE)
 
-Apart from the simulator because it builds models (``course_utils.models``), which ``runtime`` would otherwise
+Apart from the simulator because it builds models (``course_utils.core.models``), which ``runtime`` would otherwise
 reach back to through ``rehearsal.activate``.
 """
 
@@ -83,7 +83,7 @@ def build_standins(force: bool = False, verbose: bool = True) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from course_utils.models import REGISTRY, prepare_embedded
+    from course_utils.core.models import REGISTRY, prepare_embedded
 
     cache = hub_cache()
     stamp = cache / "course_standins.json"
@@ -134,11 +134,11 @@ def build_standins(force: bool = False, verbose: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m course_utils.standins build [--force]``: write the stand-in cache and print its folder
+    """``python -m course_utils.tools.standins build [--force]``: write the stand-in cache and print its folder
     (``cache``: print the folder only)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m course_utils.standins")
+    ap = argparse.ArgumentParser(prog="python -m course_utils.tools.standins")
     ap.add_argument("command", choices=["build", "cache"])
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)

@@ -17,7 +17,7 @@ Example::
 
 Chat templates: the stock SmolLM2 template, a training variant with ``{% generation %}`` markers (what TRL's
 ``assistant_only_loss=True`` needs), and Phi-3-mini-4k-instruct's documented template, rendered with jinja2.
-Evaluation: exact match on closed tasks (arithmetic, classify), chrF on open ones (``course_utils.metrics``).
+Evaluation: exact match on closed tasks (arithmetic, classify), chrF on open ones (``course_utils.core.metrics``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from course_utils.data import to_messages
-from course_utils.metrics import chrf, exact_match
-from course_utils.train import IGNORE_INDEX, collate
+from course_utils.core.data import to_messages
+from course_utils.core.metrics import chrf, exact_match
+from course_utils.core.train import IGNORE_INDEX, collate
 
 # --------------------------------------------------------------------------- formats
 # The data card's rule: the user turn is the instruction, then a blank line and the input when there is one.
@@ -204,7 +204,7 @@ def encode_chat_example(tokenizer, row: dict, max_len: int, loss_on_prompt: bool
 
 def chat_batches(tokenizer, rows: list[dict], batch_size: int, max_len: int, loss_on_prompt: bool = False,
                  system: str | None = None) -> list[dict]:
-    """Rows → padded batches (B, T) with completion-only labels, for ``course_utils.train.evaluate_loss``."""
+    """Rows → padded batches (B, T) with completion-only labels, for ``course_utils.core.train.evaluate_loss``."""
     enc = [encode_chat_example(tokenizer, r, max_len, loss_on_prompt, system) for r in rows]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return [collate(enc[i:i + batch_size], pad) for i in range(0, len(enc), batch_size)]
@@ -320,7 +320,7 @@ def generate_batch(model, tokenizer, rows: list[dict], max_new_tokens: int, batc
 
         generate_batch(model, tok, eval_rows[:2], max_new_tokens=8)   # two strings, e.g. ['4', 'positive']
     """
-    from course_utils.models import generate_replies
+    from course_utils.core.models import generate_replies
 
     return generate_replies(model, tokenizer, [user_turn(r) for r in rows], max_new_tokens, batch_size, system)
 

@@ -1,7 +1,7 @@
 """Fine-tuning basics (notebook 01): which parameters to train.
 
 Freezing strategies decide which parameters get gradients; the memory accounting the lesson also teaches
-(weights, gradients, AdamW states, activations) lives in ``course_utils.memory``.
+(weights, gradients, AdamW states, activations) lives in ``course_utils.lessons.memory``.
 
 Example::
 
@@ -17,7 +17,7 @@ import gc
 import torch
 from torch import nn
 
-from course_utils.models import decoder_layers
+from course_utils.core.models import decoder_layers
 
 STRATEGIES = ("full", "last_n", "head", "norms")
 

@@ -1,6 +1,6 @@
 """One efficiency line per training cell: tokens/s, peak memory and MFU against this machine's measured matmul peak.
 
-Every training entry point of the course reports here: ``course_utils.train.train`` (the lessons' loop) and every
+Every training entry point of the course reports here: ``course_utils.core.train.train`` (the lessons' loop) and every
 ``transformers``/TRL ``Trainer`` (an ``EfficiencyCallback`` that ``install()`` adds to all of them). In a notebook
 the runs of one cell are summed into ONE line, printed when the cell ends (an IPython ``post_run_cell`` hook);
 outside IPython (scripts, tests) each run prints its line when it ends. Its form (figures illustrative)::
@@ -9,7 +9,7 @@ outside IPython (scripts, tests) each run prints its line when it ends. Its form
     machine's bf16 matmul peak (612 GFLOP/s, measured once) · bf16 autocast, fp32 weights
 
 MFU (model-FLOPs utilisation) = model FLOPs of the real (non-padding) tokens / training time / matmul peak. The
-peak is measured once per machine and cached (``course_utils.peaks``); ``runtime.cpu_bf16`` decides the CPU dtype
+peak is measured once per machine and cached (``course_utils.core.peaks``); ``runtime.cpu_bf16`` decides the CPU dtype
 from the same measurement. FLOPs per token count every Linear layer (the LM head included): forward 2n; backward 2n for the
 activation gradient where anything upstream trains; + 2n for the weight gradient where the weight trains; plus
 attention (QKᵀ and AV, ×3 with backward), as ``python -m course_utils.bench efficiency`` counts them.
@@ -23,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from course_utils import peaks as _peaks  # the module; ``peaks`` below is a dict of FLOP/s
+from course_utils.core import peaks as _peaks  # the module; ``peaks`` below is a dict of FLOP/s
 
 # --------------------------------------------------------------------------- FLOPs of a model
 
@@ -110,7 +110,7 @@ def format_line(runs: list[Run], peaks: dict | None) -> str:
 
 
 def _peaks_for(runs: list[Run]) -> dict | None:
-    from course_utils.runtime import rehearsing
+    from course_utils.core.runtime import rehearsing
 
     if rehearsing() or not runs:
         return None
@@ -164,7 +164,7 @@ class Meter:
     """Counts one run: ``add(batch, seconds)`` per step, ``done(peak_mb)`` at the end (records it)."""
 
     def __init__(self, model, dtype: str | None = None):
-        from course_utils.runtime import autocast_dtype_name, device_of
+        from course_utils.core.runtime import autocast_dtype_name, device_of
 
         self.model, self.device = model, device_of(model).type
         self.dtype = dtype or autocast_dtype_name(self.device) or _param_dtype(model)
@@ -210,7 +210,7 @@ def _trainer_callback_class():
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             import time
 
-            from course_utils.memory import PeakMemory
+            from course_utils.core.peak_memory import PeakMemory
 
             self._time = time.perf_counter
             dtype = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else None
@@ -264,7 +264,7 @@ def checkpointing_cost(model, inputs: dict, dtype: str = "fp32") -> float | None
 
     import torch
 
-    from course_utils.runtime import rehearsing, synchronize
+    from course_utils.core.runtime import rehearsing, synchronize
 
     layers = checkpointing_layers(model)
     if rehearsing() or not layers:

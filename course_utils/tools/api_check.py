@@ -12,8 +12,8 @@ checks for every call into transformers, trl, peft, datasets, bitsandbytes or ac
 
 Keywords are also seen through the cheap indirections the course uses: ``**dict(a=…)`` / ``**{"a": …}`` literals, a
 local ``defaults = dict(…)`` passed as ``**defaults``, and functions that forward their ``**kwargs`` to a checked
-callee (``course_utils.trl_compat.sft_config(**kw)`` → ``trl.SFTConfig``), also through a re-export
-(``from course_utils.trl_compat import SFTTrainer`` is ``trl.SFTTrainer``). Methods are checked only where the
+callee (``course_utils.core.trl_compat.sft_config(**kw)`` → ``trl.SFTConfig``), also through a re-export
+(``from course_utils.core.trl_compat import SFTTrainer`` is ``trl.SFTTrainer``). Methods are checked only where the
 instance's class is known cheaply: ``trainer = SFTTrainer(…)`` then ``trainer.train(…)``, and class attributes such
 as ``AutoModelForCausalLM.from_pretrained``.
 
@@ -25,8 +25,8 @@ Unsloth is not imported: here importing it takes ~8 s, prints a banner and warni
 transformers and TRL inside the importing process (the check and every test after it would then see Unsloth's
 versions). Its names are listed under ``skipped`` with that reason.
 
-    $ python -m course_utils.api_check            # exit status 1 when there is a problem
-    notebook 08 cell 16: trl.SFTConfig (via course_utils.trl_compat.sft_config) got unknown keyword 'tokenizer'
+    $ python -m course_utils.tools.api_check            # exit status 1 when there is a problem
+    notebook 08 cell 16: trl.SFTConfig (via course_utils.core.trl_compat.sft_config) got unknown keyword 'tokenizer'
 
 Why one module of ~600 lines: one table of the library APIs the course relies on, with a probe each.
 """
@@ -43,7 +43,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from course_utils import REPO_ROOT as ROOT
+
 TARGETS = ("transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate", "unsloth", "unsloth_zoo")
 UNSLOTH_REASON = ("unsloth is not imported by the check: importing it takes ~8 s, prints a banner on a CPU and "
                   "patches transformers/TRL in the importing process")
@@ -92,7 +93,7 @@ class Report:
 class Unit:
     """One notebook (cells in order) or one module (a single "cell")."""
 
-    label: str                         # "notebook 08" or "course_utils/models.py"
+    label: str                         # "notebook 08" or "course_utils/core/models.py"
     cells: list[tuple[int | None, str]]
     module: str | None = None          # dotted name of a module, for relative imports and re-exports
     is_pkg: bool = False
@@ -592,7 +593,7 @@ def check(units: list[Unit] | None = None, root: Path = ROOT) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m course_utils.api_check [PATH ...]``: notebooks/modules to check (default: the whole course)."""
+    """``python -m course_utils.tools.api_check [PATH ...]``: notebooks/modules to check (default: the whole course)."""
     argv = sys.argv[1:] if argv is None else argv
     units = None
     if argv:

@@ -68,7 +68,7 @@ def apply_offline_defaults() -> None:
 
 
 def rehearsing() -> bool:
-    """True in the gpu-profile rehearsal on a CPU (``COURSE_REHEARSAL=1``, see ``course_utils.rehearsal``)."""
+    """True in the gpu-profile rehearsal on a CPU (``COURSE_REHEARSAL=1``, see ``course_utils.core.rehearsal``)."""
     return os.environ.get("COURSE_REHEARSAL", "").strip() == "1"
 
 
@@ -141,7 +141,7 @@ def settings(profile: str | None = None) -> Settings:
 
     sizes = dict(_SIZES[name])
     if rehearsal:
-        from course_utils import rehearsal as _rehearsal
+        from course_utils.core import rehearsal as _rehearsal
 
         _rehearsal.activate()  # the simulated GPU and its device audit, before any model is loaded
         sizes = {k: min(v, REHEARSAL_CAPS[k]) for k, v in sizes.items()}
@@ -191,7 +191,7 @@ def cpu_bf16(measure=None) -> bool:
     """True when training on this CPU runs its matmuls in bf16 (``torch.autocast("cpu")``, fp32 master weights).
 
     Decided by a measurement, not by CPU flags: bf16 and fp32 square matmuls timed once per machine (cached with the
-    efficiency line's peak, ``course_utils.peaks.machine_peaks``); bf16 is used where it measures
+    efficiency line's peak, ``course_utils.core.peaks.machine_peaks``); bf16 is used where it measures
     ≥ ``CPU_BF16_MIN_SPEEDUP``× fp32 (an AVX2-only CPU emulates bf16 and is slower than fp32).
     ``COURSE_CPU_BF16=1``/``0`` overrides. ``measure(device) -> {"fp32", "bf16"}`` fakes the measurement (tests).
     """
@@ -200,7 +200,7 @@ def cpu_bf16(measure=None) -> bool:
         return forced in {"1", "true", "yes", "on"}
     if forced:
         raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 autocast) or 0 (fp32)")
-    from course_utils.peaks import machine_peaks
+    from course_utils.core.peaks import machine_peaks
 
     peaks = machine_peaks("cpu", measure=measure)
     return peaks["bf16"] >= CPU_BF16_MIN_SPEEDUP * peaks["fp32"]

@@ -3,7 +3,7 @@
 The gpu profile runs on Colab, where no CI machine of this project can go. ``make rehearse-gpu`` runs every
 notebook with ``COURSE_PROFILE=gpu COURSE_REHEARSAL=1`` on a CPU, offline:
 
-- **stand-ins** (``course_utils.standins``): each hub model of the gpu profile (``models.REGISTRY``) is replaced
+- **stand-ins** (``course_utils.tools.standins``): each hub model of the gpu profile (``models.REGISTRY``) is replaced
   by a small model of the same architecture, registered under the real id in a local Hugging Face cache
   (``HF_HUB_CACHE``), so that ``from_pretrained("facebook/opt-125m")`` and Unsloth's loader find it as they
   would after a download;
@@ -20,7 +20,7 @@ notebook with ``COURSE_PROFILE=gpu COURSE_REHEARSAL=1`` on a CPU, offline:
 Checkpoints that measure learning on real weights cannot hold on random stand-ins; they use
 ``runtime.check_real`` (the one mechanism that reports instead of asserting, and only here).
 
-    $ python -m course_utils.standins build         # the stand-in cache (about 10 s, once)
+    $ python -m course_utils.tools.standins build         # the stand-in cache (about 10 s, once)
     $ make rehearse-gpu                             # every notebook, gpu profile, on the CPU
 
 Why one module of ~450 lines: the simulated GPU is one mechanism (placement marks, the patched torch /
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-COURSE_DIR = str(Path(__file__).resolve().parent)
+COURSE_DIR = str(Path(__file__).resolve().parents[1])  # all of course_utils, not only core/
 _AUDIT_FILE = str(Path(__file__).resolve())
 TAG = "_course_on_gpu"
 
@@ -151,7 +151,7 @@ class SimulatedCuda(TorchFunctionMode):
             if args and on_gpu(args[0]):
                 raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
                                 "tensor to host memory first. [rehearsal device audit: this tensor lives on the "
-                                "GPU in the gpu profile; convert it with course_utils.runtime.to_numpy]")
+                                "GPU in the gpu profile; convert it with course_utils.core.runtime.to_numpy]")
             return func(*args, **kwargs)
         if name == "cuda":
             return _mark(args[0].view_as(args[0]) if args[0].requires_grad else args[0].detach().view_as(args[0]))
@@ -184,7 +184,7 @@ class SimulatedCuda(TorchFunctionMode):
                     raise DeviceAuditError(
                         f"Expected all tensors to be on the same device, but found at least two devices, cuda:0 "
                         f"and cpu! ({name or func}: a CPU tensor of shape {tuple(cpu[0].shape)} meets GPU tensors "
-                        f"at {where}) [rehearsal device audit: move it with course_utils.runtime.to_device]")
+                        f"at {where}) [rehearsal device audit: move it with course_utils.core.runtime.to_device]")
         out = func(*args, **kwargs)
         if gpu:
             _mark_all(out)
@@ -242,7 +242,7 @@ def _check_inputs(module, args, kwargs, where: str) -> None:
             raise DeviceAuditError(
                 f"{type(module).__name__} is on cuda:0 but got a CPU input of shape {tuple(t.shape)} at {where}: "
                 f"on a GPU this raises 'Expected all tensors to be on the same device'. [rehearsal device audit: "
-                f"move inputs with course_utils.runtime.to_device(batch, model)]")
+                f"move inputs with course_utils.core.runtime.to_device(batch, model)]")
 
 
 def _wrap_module_call(orig):
@@ -338,7 +338,7 @@ def _wrap_generate(orig):
                 if t.dim() > 0 and not on_gpu(t):
                     raise DeviceAuditError(
                         f"{type(self).__name__}.generate on cuda:0 got a CPU tensor of shape {tuple(t.shape)} at "
-                        f"{where} [rehearsal device audit: move inputs with course_utils.runtime.to_device]")
+                        f"{where} [rehearsal device audit: move inputs with course_utils.core.runtime.to_device]")
         return orig(self, *args, **kwargs)
     return generate
 

@@ -1,20 +1,21 @@
 """Read the pinned dependency lists from ``pyproject.toml`` (the single source of truth).
 
-    $ python -m course_utils.deps no-deps      # packages installed with ``pip install --no-deps``
-    $ python -m course_utils.deps extras course
+    $ python -m course_utils.core.deps no-deps      # packages installed with ``pip install --no-deps``
+    $ python -m course_utils.core.deps extras course
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI (pyproject's base dependency `tomli; python_version < "3.11"`)
     import tomli as tomllib
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+from course_utils import REPO_ROOT
+
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 
 # What `pip check` still reports after `make setup`, on purpose (README, "Dependencies"):
 # requirement name → why it is left unmet. tests/test_deps.py fails on anything else.

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_utils.train import IGNORE_INDEX
+from course_utils.core.train import IGNORE_INDEX
 
 # --------------------------------------------------------------------------- the loss
 

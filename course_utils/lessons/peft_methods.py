@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_utils.models import decoder_layers
-from course_utils.train import IGNORE_INDEX
+from course_utils.core.models import decoder_layers
+from course_utils.core.train import IGNORE_INDEX
 
 ADAPTER_POINTS = ("self_attn", "mlp")  # after attention and after the MLP of each decoder layer
 FORMAT = "course-bottleneck-adapter/1"

@@ -11,12 +11,12 @@ when it cannot; the helpers then make the same calls either way:
 | ``export_merged`` | ``model.save_pretrained_merged(..., "merged_16bit")`` | 16-bit base + adapter → ``merge_and_unload`` |
 
 Also: chat-format training examples, batched greedy translation with chrF, what NF4 stores (its arithmetic:
-``course_utils.memory.footprint_bytes``, ``adamw_state_bytes``), LoRA parameter counts (formula from ``course_utils.lora_math``), and the architecture that ``course_utils.bench.qlora`` benchmarks (plain QLoRA vs Unsloth QLoRA on Phi-3-mini).
+``course_utils.lessons.memory.footprint_bytes``, ``adamw_state_bytes``), LoRA parameter counts (formula from ``course_utils.lessons.lora_math``), and the architecture that ``course_utils.bench.qlora`` benchmarks (plain QLoRA vs Unsloth QLoRA on Phi-3-mini).
 
 Example::
 
     backend = detect_backend()
-    model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)  # model_source: course_utils.models
+    model, tok = load_4bit_model(model_source("translator"), max_seq_length=2048)  # model_source: course_utils.core.models
     model = add_lora(model, r=16, lora_alpha=16)
     translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
 
@@ -36,12 +36,18 @@ from pathlib import Path
 
 import torch
 
-from course_utils.data import to_messages
-from course_utils.lora_math import lora_param_count
-from course_utils.memory import PHI3_MINI_SIZES
-from course_utils.models import LORA_TARGETS, dir_size_bytes, generate_replies, load_model, load_tokenizer
-from course_utils.runtime import fast_bf16, real_cuda
-from course_utils.train import IGNORE_INDEX
+from course_utils.core.data import to_messages
+from course_utils.core.models import (
+    LORA_TARGETS,
+    dir_size_bytes,
+    generate_replies,
+    load_model,
+    load_tokenizer,
+)
+from course_utils.core.runtime import fast_bf16, real_cuda
+from course_utils.core.train import IGNORE_INDEX
+from course_utils.lessons.lora_math import lora_param_count
+from course_utils.lessons.memory import PHI3_MINI_SIZES
 
 # Deferred imports: transformers, peft, trl, datasets, bitsandbytes and safetensors are imported inside the
 # functions that use them, because Unsloth must be imported before any of them (it patches them on import;
@@ -584,7 +590,7 @@ def folder_mb(path: str | Path) -> float:
     return dir_size_bytes(path) / 2**20
 
 
-# --------------------------------------------------------------------------- what NF4 stores (the arithmetic: course_utils.memory)
+# --------------------------------------------------------------------------- what NF4 stores (the arithmetic: course_utils.lessons.memory)
 
 def param_split(model) -> tuple[int, int]:
     """(weights bitsandbytes quantizes, all other parameters) of a model (works on 4-bit and meta models).

@@ -8,7 +8,7 @@ the same computation in ordinary differentiable torch ops. With Triton present i
 
 Example::
 
-    from course_utils.trl_compat import SFTTrainer, sft_config   # patched on import
+    from course_utils.core.trl_compat import SFTTrainer, sft_config   # patched on import
     args = sft_config(output_dir="out", max_steps=8)            # on the cpu profile: use_cpu, CPU precision
 """
 
@@ -76,7 +76,7 @@ def sft_config(**kwargs):
     """
     from trl import SFTConfig
 
-    from course_utils.runtime import precision_flags, settings
+    from course_utils.core.runtime import precision_flags, settings
 
     device = settings().device
     defaults = dict(**precision_flags(device), use_cpu=device == "cpu", report_to="none", save_strategy="no",
@@ -85,7 +85,7 @@ def sft_config(**kwargs):
 
 
 patch_trl()
-from course_utils.efficiency import install as _install_efficiency  # noqa: E402
+from course_utils.core.efficiency import install as _install_efficiency  # noqa: E402
 
 _install_efficiency()  # every Trainer prints its efficiency line (scripts too)
 from trl import SFTTrainer  # noqa: E402  (re-exported after the patch)

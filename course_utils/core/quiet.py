@@ -7,7 +7,7 @@ for Python warnings. It imports no library, so it can (and must) run before they
 bitsandbytes message below is logged while ``bitsandbytes`` is being imported (by peft, transformers'
 quantizers or Unsloth).
 
-    >>> from course_utils.quiet import quiet_known_warnings
+    >>> from course_utils.core.quiet import quiet_known_warnings
     >>> [k.logger for k in quiet_known_warnings()]    # idempotent; COURSE_SHOW_WARNINGS=1 turns it off: ()
     ['bitsandbytes.backends.cpu.ops', 'bitsandbytes.autograd._functions', 'unsloth.chat_templates']
 

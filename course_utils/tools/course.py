@@ -9,10 +9,10 @@ PNG in base64. JupyterLab, Colab and GitHub's notebook view all render attachmen
 serves and without a network; a relative ``../images/…`` link renders in none of ``make lab`` (which serves
 ``notebooks/``), Colab or a downloaded notebook. Attachments are not outputs: ``strip`` keeps them.
 
-    $ python -m course_utils.course sync     # rewrite badges + setup cells + image attachments
-    $ python -m course_utils.course images   # only the image attachments, from images/
-    $ python -m course_utils.course check    # report what is out of sync (badges, setup cells, images)
-    $ python -m course_utils.course strip    # remove outputs and execution counts
+    $ python -m course_utils.tools.course sync     # rewrite badges + setup cells + image attachments
+    $ python -m course_utils.tools.course images   # only the image attachments, from images/
+    $ python -m course_utils.tools.course check    # report what is out of sync (badges, setup cells, images)
+    $ python -m course_utils.tools.course strip    # remove outputs and execution counts
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_utils import REPO_SLUG, REPO_URL
-from course_utils.deps import extras, no_deps
+from course_utils import REPO_ROOT, REPO_SLUG, REPO_URL
+from course_utils.core.deps import extras, no_deps
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 IMAGE_DIR = NOTEBOOK_DIR.parent / "images"
 
 
@@ -68,12 +68,12 @@ COURSE_MAP = [
 
 # Each lesson's module (``course_utils/<module>.py``, or the package ``course_utils/<module>/``) and its tests
 # (``tests/test_<module>.py``); notebook 00's setup lesson shows the preflight.
-LESSON_MODULES = {"00_setup_and_tour.ipynb": "preflight", "01_fine_tuning_basics.ipynb": "fine_tuning",
-                  "02_peft_methods.ipynb": "peft_methods", "03_lora_math.ipynb": "lora_math",
-                  "04_quantization.ipynb": "quantization", "05_pruning.ipynb": "pruning",
-                  "06_distillation.ipynb": "distillation", "07_qlora_unsloth_translation.ipynb": "qlora",
-                  "08_instruction_tuning.ipynb": "instruction_tuning", "09_capstone_tax_chatbot.ipynb": "chatbot",
-                  "10_scaling_out.ipynb": "scaling"}
+LESSON_MODULES = {"00_setup_and_tour.ipynb": "lessons.preflight", "01_fine_tuning_basics.ipynb": "lessons.fine_tuning",
+                  "02_peft_methods.ipynb": "lessons.peft_methods", "03_lora_math.ipynb": "lessons.lora_math",
+                  "04_quantization.ipynb": "lessons.quantization", "05_pruning.ipynb": "lessons.pruning",
+                  "06_distillation.ipynb": "lessons.distillation", "07_qlora_unsloth_translation.ipynb": "lessons.qlora",
+                  "08_instruction_tuning.ipynb": "lessons.instruction_tuning",
+                  "09_capstone_tax_chatbot.ipynb": "chatbot", "10_scaling_out.ipynb": "lessons.scaling"}
 
 
 def colab_url(notebook: str) -> str:
@@ -172,7 +172,7 @@ def sync_problems(path: Path) -> list[str]:
     if len(setup) != 1:
         problems.append(f"expected one cell tagged 'setup', found {len(setup)}")
     elif _src(setup[0]) != setup_cell_source():
-        problems.append("setup cell differs from course_utils.course.setup_cell_source()")
+        problems.append("setup cell differs from course_utils.tools.course.setup_cell_source()")
     return problems
 
 
@@ -308,7 +308,7 @@ def image_problems(path: Path, image_dir: Path = IMAGE_DIR) -> list[str]:
     """
     image_dir = Path(image_dir)
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    fix = "run `python -m course_utils.course images`"
+    fix = "run `python -m course_utils.tools.course images`"
     problems = []
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "markdown":
@@ -350,7 +350,7 @@ def strip(path: Path) -> bool:
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd not in ("sync", "images", "strip", "check"):
-        print("usage: python -m course_utils.course sync|images|strip|check", file=sys.stderr)
+        print("usage: python -m course_utils.tools.course sync|images|strip|check", file=sys.stderr)
         return 2
     bad = 0
     for p in notebooks():

@@ -1,5 +1,5 @@
 """This machine's matmul peak, measured once and cached: the efficiency line's MFU denominator
-(``course_utils.efficiency``) and the CPU's bf16 decision (``runtime.cpu_bf16``) read the same measurement.
+(``course_utils.core.efficiency``) and the CPU's bf16 decision (``runtime.cpu_bf16``) read the same measurement.
 
 The peak is measured once per machine (fp32 and bf16 square matmuls with torch's threads) and cached in
 ``~/.cache/course-kit/machine-peaks.json`` (``$COURSE_CACHE_DIR`` overrides the folder). This module imports
