@@ -34,7 +34,7 @@ Timings are the best of a few repeats after one warm-up (``REPEATS`` = 2 for the
 machine probes): the best is the measurement least disturbed by other work on a shared machine. The load average
 at the start is printed, because on a shared machine every ratio here is a lower bound.
 
-Why one module of ~410 lines: one benchmark, its FLOP and bandwidth arithmetic next to the measurements.
+Why one module of ~510 lines: one benchmark, its FLOP and bandwidth arithmetic next to the measurements.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Example::
     model = add_lora(model, r=16, lora_alpha=16)
     translate(model, tok, ["The Moon has almost no atmosphere."], max_new_tokens=32)
 
-Why one module of ~600 lines: it is notebook 07's whole code path, each helper in two backends (Unsloth and
+Why one module of ~670 lines: it is notebook 07's whole code path, each helper in two backends (Unsloth and
 transformers + peft + bitsandbytes) that must stay side by side to stay alike.
 """
 

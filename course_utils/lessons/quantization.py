@@ -13,7 +13,7 @@ bitsandbytes in ``tests/test_quantization.py``. Notebook 04 shows the core defin
     >>> bits_per_param(64, double_quant=True)             # 4 + 8/64 + 32/(64·256)
     4.126953125
 
-Why one module of ~630 lines: it is notebook 04 end to end (formats, linear quantization, NF4/FP4, blockwise
+Why one module of ~700 lines: it is notebook 04 end to end (formats, linear quantization, NF4/FP4, blockwise
 and double quantization, QAT, outliers), each piece tested against bitsandbytes here.
 """
 
