@@ -148,3 +148,31 @@ def test_gemm_ceiling_is_the_list_flops_over_the_summed_best_times(monkeypatch):
     expected = gemm_flops(gemms) / (3 * 0.16 + 2 * 0.04)
     assert gemm_ceiling(gemms) == pytest.approx(expected)
     assert set(times) == {(8, 16), (8, 4)}
+
+
+def test_the_cli_hides_the_known_bitsandbytes_message_and_nothing_else(monkeypatch, capsys):
+    """``python -m course_utils.bench``: the harmless bitsandbytes import message is filtered, other messages show."""
+    import logging
+
+    from course_utils.core import quiet
+
+    known = next(k for k in quiet.KNOWN if k.logger == "bitsandbytes.backends.cpu.ops")
+    logger = logging.getLogger(known.logger)
+    handler = logging.StreamHandler()   # stderr, as bitsandbytes' message reaches a learner
+    logger.addHandler(handler)
+
+    def fake_bench():
+        logger.warning(known.example)
+        logger.warning("an unrelated bitsandbytes warning")
+        return {"ok": 1}
+
+    monkeypatch.setitem(bench.BENCHES, "fake", ("quant", "fake"))
+    monkeypatch.setattr(bench, "run", lambda name: fake_bench())
+    try:
+        assert bench.main(["fake"]) == 0
+    finally:
+        logger.removeHandler(handler)
+        quiet.undo()
+    err = capsys.readouterr().err
+    assert "an unrelated bitsandbytes warning" in err
+    assert "gemm_4bit_forward" not in err

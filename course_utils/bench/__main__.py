@@ -25,6 +25,9 @@ def run(name: str):
 
 
 def main(argv: list[str]) -> int:
+    from course_utils.core.quiet import quiet_known_warnings
+
+    quiet_known_warnings()  # before a benchmark imports bitsandbytes: its harmless CPU-kernel message stays hidden
     names = list(BENCHES) if argv in ([], ["all"]) else argv
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
