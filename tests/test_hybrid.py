@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from course_utils.chatbot.hybrid import (
+    answer_loss,
     attach_adapters,
     bottleneck_for_budget,
+    from_layer,
+    layer_inputs,
     lora_model,
     lora_param_count,
     same_budget_hybrid,
@@ -102,3 +105,54 @@ def test_same_budget_hybrid_fills_the_budget_left_after_lora():
     assert lora == budget // 2 and b == bottleneck_for_budget(32, 4, budget - lora)
     assert trainable <= budget < trainable + 4 * (2 * 32 + 1), "the adapters should fill what LoRA leaves"
     assert len(adapter_modules(model.get_base_model())) == 4
+
+
+def _batches():
+    """Two padded batches (right padding in the second) with labels, as core.train.make_batches makes them."""
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for pad in (0, 3):
+        ids = torch.randint(0, 64, (2, 9), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 9 - pad:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :2] = -100                                          # the prompt carries no loss
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def test_from_layer_on_cached_layer_inputs_gives_the_full_models_losses_and_gradients():
+    """Also with answer_loss, which applies the head to the answer tokens only."""
+    model = lora_model(_tiny(), r=2, lora_alpha=8, targets=TARGETS, layers=[2, 3])
+    attach_adapters(model, layers=[2, 3], bottleneck=3)
+    with torch.no_grad():                                   # make both kinds visible: B ≠ 0, up ≠ 0
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.1)
+    batches = _batches()
+    cached = layer_inputs(model, batches, first=2)
+    assert [tuple(c["inputs_embeds"].shape) for c in cached] == [(2, 9, 32)] * 2 and "input_ids" not in cached[0]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for full, short in zip(batches, cached):
+        want = model(**full).loss
+        want_grads = torch.autograd.grad(want, trainable)
+        with from_layer(model, 2):
+            got = model(**short).loss
+            got_grads = torch.autograd.grad(got, trainable)
+            head_grads = torch.autograd.grad(answer_loss(model, short), trainable)
+            torch.testing.assert_close(answer_loss(model, short), want)    # the head on the answer tokens only
+            with pytest.raises(RuntimeError, match="inputs_embeds"):
+                model(**full)                               # token ids would skip layers 0 and 1
+        torch.testing.assert_close(got, want)
+        for g, h, w in zip(got_grads, head_grads, want_grads):
+            torch.testing.assert_close(g, w)
+            torch.testing.assert_close(h, w)
+    assert len(model.get_base_model().model.layers) == 4, "the layers are back after the block"
+    torch.testing.assert_close(model(**batches[1]).loss, want)     # and token ids run the whole model again
+
+
+def test_from_layer_refuses_a_trainable_layer_below_it():
+    model = lora_model(_tiny(), r=2, lora_alpha=8, targets=TARGETS, layers=[1, 3])
+    with pytest.raises(ValueError, match="below layer 2 trains"), from_layer(model, 2):
+        pass
+    assert len(model.get_base_model().model.layers) == 4

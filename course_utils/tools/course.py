@@ -61,7 +61,8 @@ COURSE_MAP = [
     Lesson("08_instruction_tuning.ipynb", "Instruction tuning",
            "formats, chat templates, completion-only loss, TRL SFT, seq2seq", "optional (T4)"),
     Lesson("09_capstone_tax_chatbot.ipynb", "Capstone: tax chatbot",
-           "feedback store, training trigger, eval gate, per-domain adapters", "optional (T4)"),
+           "feedback store, training trigger, eval gate, per-domain adapters, LoRA + adapter hybrid vs LoRA, "
+           "cross-domain transfer", "optional (T4)"),
     Lesson("10_scaling_out.ipynb", "Scaling out", "the recipe as a script; DDP, FSDP, DeepSpeed ZeRO memory",
            "multi-GPU to run for real"),
 ]
