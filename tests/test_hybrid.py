@@ -10,13 +10,14 @@ from course_utils.chatbot.hybrid import (
     from_layer,
     layer_inputs,
     lora_model,
-    lora_param_count,
     same_budget_hybrid,
     shared_base,
 )
+from course_utils.core.models import LORA_TARGETS
+from course_utils.lessons.lora_math import lora_param_count
 from course_utils.lessons.peft_methods import adapter_modules, adapter_param_count, remove_adapters
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = tuple(LORA_TARGETS)   # all seven projections
 
 
 def _tiny():
@@ -85,7 +86,8 @@ def test_parameter_budget_arithmetic_matches_the_models():
     model = lora_model(_tiny(), r=4, lora_alpha=8, targets=TARGETS, layers=[1, 2, 3])
     shapes = [(m.in_features, m.out_features) for n, m in model.named_modules()
               if n.endswith(TARGETS) and hasattr(m, "lora_A")]
-    assert lora_param_count(4, shapes) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(lora_param_count(d_in, d_out, 4) for d_in, d_out in shapes) == trainable
     b = bottleneck_for_budget(32, 6, 2000)
     attach_adapters(model, layers=[1, 2, 3], bottleneck=b)
     adapters = sum(p.numel() for a in adapter_modules(model.get_base_model()) for p in a.parameters())

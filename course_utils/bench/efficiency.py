@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from course_utils.core.models import LORA_TARGETS
 from course_utils.core.peaks import matmul_flops
 from course_utils.core.runtime import wall_times
+from course_utils.lessons.lora_math import lora_param_count
 
 SEVEN = LORA_TARGETS   # LoRA on all seven projections
 GOALS = {"lora": 0.70, "full": 0.70, "qlora": 0.50, "generation": 0.50}
@@ -95,7 +96,8 @@ def matmul_params(shape: Shape) -> dict[str, int]:
 
 def lora_params(shape: Shape, r: int, targets=SEVEN) -> int:
     """Parameters LoRA adds: r·(d_in + d_out) for every targeted Linear of every block."""
-    return shape.layers * sum(r * (a + b) for name, (a, b) in shape.linear_shapes().items() if name in targets)
+    return shape.layers * sum(lora_param_count(a, b, r) for name, (a, b) in shape.linear_shapes().items()
+                              if name in targets)
 
 
 def attention_flops_per_token(shape: Shape, seq_len: int) -> int:

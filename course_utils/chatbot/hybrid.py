@@ -63,7 +63,7 @@ def attach_adapters(model, layers: list[int] | None, bottleneck: int,
     Uses ``course_utils.lessons.peft_methods``' module and forward hook, so ``adapters.adapter_modules`` and
     ``remove_adapters`` see them; the base stays as frozen as it was (LoRA's parameters keep their flags).
     """
-    blocks = decoder_layers(getattr(model, "get_base_model", lambda: model)())
+    blocks = decoder_layers(_inner(model))
     param = next(model.parameters())
     added = []
     for i in (range(len(blocks)) if layers is None else layers):
@@ -75,15 +75,6 @@ def attach_adapters(model, layers: list[int] | None, bottleneck: int,
             sub.register_forward_hook(apply_adapter)
             added.append(sub.adapter)
     return added
-
-
-def lora_param_count(r: int, shapes: list[tuple[int, int]]) -> int:
-    """LoRA's trainable numbers: r·(d_in + d_out) per wrapped (d_in, d_out) projection.
-
-    >>> lora_param_count(8, [(576, 576), (576, 192)])
-    15360
-    """
-    return sum(r * (d_in + d_out) for d_in, d_out in shapes)
 
 
 def bottleneck_for_budget(hidden: int, n_adapters: int, budget: int) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from course_utils.lessons.lora_math import lora_param_count
 from course_utils.lessons.quantization import bits_per_param
 
 FP32_BYTES = torch.finfo(torch.float32).bits // 8    # 4: fp32 weights, master copies, Adam moments, absmax
@@ -75,7 +76,8 @@ class ModelShape:
     def lora_params(self, r: int) -> int:
         """LoRA parameters, rank r on all 7 projections: r·(in + out) per projection (A is r×in, B is out×r)."""
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        return self.layers * r * (2 * (h + h) + 2 * (h + kv) + 2 * (h + i) + (i + h))
+        projections = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]   # q k v o gate up down
+        return self.layers * sum(lora_param_count(d_in, d_out, r) for d_in, d_out in projections)
 
 
 # Configs from the models' config.json on the Hugging Face hub (microsoft/Phi-3-mini-4k-instruct,
