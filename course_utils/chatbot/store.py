@@ -372,6 +372,17 @@ for i in range(10**9):
 """
 
 
+def read_rest(proc, timeout_s: float = 60) -> tuple[str, str]:
+    """Wait for a (killed) text-mode process and return the rest of its stdout and stderr.
+
+    Not ``proc.communicate()``: with two pipes it reads the file descriptors directly, so lines that an
+    earlier ``proc.stdout.readline()`` had already pulled into the buffer would be lost (in CI: 11
+    acknowledgements of a writer under SIGKILL). ``read()`` returns the buffer first, then the pipe to EOF.
+    """
+    proc.wait(timeout=timeout_s)  # the process is gone, so neither read below can block on a full pipe
+    return proc.stdout.read(), proc.stderr.read()
+
+
 def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 200, timeout_s: float = 120) -> dict:
     """SIGKILL a process streaming feedback into ``path``, then check the database it leaves.
 
@@ -399,7 +410,7 @@ def sigkill_demo(path: str | Path, synchronous: str = SYNCHRONOUS, after: int = 
             break
         lines.append(line)
     proc.send_signal(signal.SIGKILL)  # no clean-up code runs: like a crash or the OOM killer
-    rest, err = proc.communicate(timeout=timeout_s)
+    rest, err = read_rest(proc, timeout_s)
     if proc.returncode != -signal.SIGKILL:
         raise RuntimeError(f"the writer ended with {proc.returncode} before it was killed: {err[-500:]}")
     acked = [int(x) for x in (lines + rest.splitlines()) if x.strip().isdigit()]
