@@ -33,8 +33,12 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course_utils.core.data import SCHEMAS
+
+if TYPE_CHECKING:  # only for read_rest's annotation; sigkill_demo imports it when it runs
+    import subprocess
 
 DOMAINS = SCHEMAS["ko_tax_qa"]["domain"][1]   # ("tax", "accounting", "general"): the data set's domains, one adapter each
 MAX_TEXT_CHARS = 2000       # per question / answer; the course data's longest answer has 107 characters
@@ -372,8 +376,10 @@ for i in range(10**9):
 """
 
 
-def read_rest(proc, timeout_s: float = 60) -> tuple[str, str]:
+def read_rest(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[str, str]:
     """Wait for a (killed) text-mode process and return the rest of its stdout and stderr.
+
+    Example: ``proc.kill(); out, err = read_rest(proc)`` (tests/test_chatbot_reliability.py runs it).
 
     Not ``proc.communicate()``: with two pipes it reads the file descriptors directly, so lines that an
     earlier ``proc.stdout.readline()`` had already pulled into the buffer would be lost (in CI: 11
